@@ -1,0 +1,150 @@
+//! Group commit: many writers, one `fsync`.
+//!
+//! sled acknowledges a write once it is in its in-memory log buffer and flushes that buffer
+//! in the background; a `kill -9` inside that window loses acknowledged writes. So before
+//! tether acknowledges anything durable (a `welcome`, a session write, an accepted message)
+//! it calls [`Flusher::commit`], which returns only after a flush that started *after* the
+//! caller's writes has finished.
+//!
+//! - `sync`: a flush starts as soon as someone waits; writers that arrive while it runs share
+//!   the next one.
+//! - `batched`: the flusher waits `flush_interval_ms` (or until 256 writers wait) so that a
+//!   burst of connects pays for one flush.
+//! - `relaxed`: `commit` returns at once; a background tick flushes every `flush_interval_ms`.
+//!
+//! Flush ids: `next` is the id the next flush will get. A writer reads `next` after its
+//! writes; the flush with that id starts after the read, so it covers them. The flusher
+//! publishes the id of each finished flush on a watch channel.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::config::Durability;
+
+/// Waiters that trigger an early flush in `batched` mode.
+const BATCH_TRIGGER: usize = 256;
+
+#[derive(Clone)]
+pub struct Flusher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    mode: Durability,
+    window: Duration,
+    next: AtomicU64,
+    waiting: AtomicUsize,
+    wake: Notify,
+    done_tx: watch::Sender<u64>,
+    flushes: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Flusher {
+    /// Starts the flusher task on the current runtime.
+    pub fn start(db: sled::Db, mode: Durability, window: Duration) -> Flusher {
+        let (done_tx, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            db,
+            mode,
+            window,
+            next: AtomicU64::new(1),
+            waiting: AtomicUsize::new(0),
+            wake: Notify::new(),
+            done_tx,
+            flushes: AtomicU64::new(0),
+            failed: Default::default(),
+        });
+        let task = Arc::downgrade(&inner);
+        tokio::spawn(async move { run(task).await });
+        Flusher { inner }
+    }
+
+    pub fn mode(&self) -> Durability {
+        self.inner.mode
+    }
+
+    /// Returns once every write made before this call is on disk (in `sync` and `batched`
+    /// mode). Fails only if the disk refuses the flush.
+    pub async fn commit(&self) -> Result<(), sled::Error> {
+        let inner = &self.inner;
+        if inner.mode == Durability::Relaxed {
+            return Ok(());
+        }
+        let mut rx = inner.done_tx.subscribe();
+        let target = inner.next.load(Ordering::SeqCst);
+        let waiting = inner.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        if waiting == 1 || waiting >= BATCH_TRIGGER {
+            inner.wake.notify_one();
+        }
+        let result = rx.wait_for(|done| *done >= target).await.map(|_| ());
+        inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        if result.is_err() || inner.failed.load(Ordering::SeqCst) {
+            return Err(sled::Error::ReportableBug("store flush failed".into()));
+        }
+        Ok(())
+    }
+
+    /// Flushes now and waits for it (used at shutdown and by backups).
+    pub async fn flush_now(&self) -> Result<(), sled::Error> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
+            .await
+            .map_err(|e| sled::Error::ReportableBug(e.to_string()))?
+    }
+
+    /// How many flushes have run (for metrics).
+    pub fn flushes(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+}
+
+async fn run(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        match me.mode {
+            Durability::Relaxed => tokio::time::sleep(me.window).await,
+            Durability::Sync => {
+                if me.waiting.load(Ordering::SeqCst) == 0 {
+                    let notified = me.wake.notified();
+                    drop_and_wait(&me, notified).await;
+                }
+            }
+            Durability::Batched => {
+                if me.waiting.load(Ordering::SeqCst) == 0 {
+                    let notified = me.wake.notified();
+                    drop_and_wait(&me, notified).await;
+                }
+                // Gather the burst, unless enough writers already wait.
+                if me.waiting.load(Ordering::SeqCst) < BATCH_TRIGGER {
+                    let notified = me.wake.notified();
+                    let _ = tokio::time::timeout(me.window, notified).await;
+                }
+            }
+        }
+        let id = me.next.fetch_add(1, Ordering::SeqCst);
+        let db = me.db.clone();
+        let ok = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if !ok {
+            tracing::error!("store flush failed; durable writes are being refused");
+            me.failed.store(true, Ordering::SeqCst);
+        }
+        me.flushes.fetch_add(1, Ordering::Relaxed);
+        me.done_tx.send_replace(id);
+    }
+}
+
+/// Waits for a wake-up, but re-checks now and then so a missed notify never strands a writer.
+async fn drop_and_wait(me: &Arc<Inner>, notified: tokio::sync::futures::Notified<'_>) {
+    if me.waiting.load(Ordering::SeqCst) > 0 {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+}

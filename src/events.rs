@@ -1,0 +1,111 @@
+//! The connection event log (`logConnectionEvent`): a bounded sled tree, mirrored on the bus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::bus::{Bus, Channel};
+use crate::codec;
+use crate::model::{EventType, StoredEvent};
+use crate::time::now_ms;
+
+pub struct EventLog {
+    tree: sled::Tree,
+    next: AtomicU64,
+    oldest: AtomicU64,
+    max: u64,
+    bus: Arc<dyn Bus>,
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Default, Clone)]
+pub struct EventQuery {
+    pub connection_id: Option<Uuid>,
+    pub user_id: Option<String>,
+    pub event_type: Option<EventType>,
+    pub since: Option<i64>,
+    pub limit: usize,
+}
+
+impl EventLog {
+    pub fn open(tree: sled::Tree, max: usize, bus: Arc<dyn Bus>) -> EventLog {
+        let seq_of = |kv: Option<(sled::IVec, sled::IVec)>| {
+            kv.and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
+        };
+        let last = seq_of(tree.last().ok().flatten()).unwrap_or(0);
+        let first = seq_of(tree.first().ok().flatten()).unwrap_or(last + 1);
+        EventLog {
+            tree,
+            next: AtomicU64::new(last + 1),
+            oldest: AtomicU64::new(first),
+            max: max as u64,
+            bus,
+        }
+    }
+
+    /// Appends an event, trims the oldest past `event_log_max`, and publishes it on
+    /// `connection:events`. A store failure is logged, never returned: losing a log line must
+    /// not fail a connection.
+    pub fn log(&self, connection_id: Uuid, user_id: &str, event_type: EventType, details: Value) {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let ev = StoredEvent {
+            seq,
+            connection_id,
+            user_id: user_id.to_string(),
+            event_type,
+            timestamp: now_ms(),
+            details_json: details.to_string(),
+        };
+        match codec::encode(&ev) {
+            Ok(bytes) => {
+                if let Err(e) = self.tree.insert(seq.to_be_bytes(), bytes) {
+                    tracing::warn!(error = %e, "cannot store a connection event");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a connection event"),
+        }
+        while seq.saturating_sub(self.oldest.load(Ordering::SeqCst)) >= self.max {
+            let old = self.oldest.fetch_add(1, Ordering::SeqCst);
+            let _ = self.tree.remove(old.to_be_bytes());
+        }
+        if self.bus.has_subscribers(Channel::ConnectionEvents) {
+            self.bus.publish(Channel::ConnectionEvents, ev.to_json());
+        }
+    }
+
+    /// Events matching `q`, oldest first, the newest `q.limit` of them.
+    pub fn query(&self, q: &EventQuery) -> Vec<Value> {
+        let mut out = Vec::new();
+        for item in self.tree.iter().rev() {
+            let Ok((_, v)) = item else { continue };
+            let Ok(ev) = codec::decode::<StoredEvent>(&v) else {
+                continue;
+            };
+            if q.since.is_some_and(|s| ev.timestamp < s) {
+                break;
+            }
+            if q.connection_id.is_some_and(|c| c != ev.connection_id)
+                || q.user_id.as_deref().is_some_and(|u| u != ev.user_id)
+                || q.event_type.is_some_and(|t| t != ev.event_type)
+            {
+                continue;
+            }
+            out.push(ev.to_json());
+            if out.len() >= q.limit {
+                break;
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}

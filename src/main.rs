@@ -1,0 +1,444 @@
+//! The `tether` command line: parses arguments and hands over to the library.
+//!
+//! Exit codes: 0 success, 1 a runtime failure, 2 bad arguments or configuration (nothing
+//! was opened).
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use tether::config::{
+    BackupArgs, Config, ConfigArgs, ConfigError, InspectArgs, LogFormat, RestoreArgs, PERMISSIONS,
+};
+use tether::secrets;
+
+/// Keeps WebSocket and SSE connections tied to their users and sessions, and keeps them
+/// across restarts.
+///
+/// Configuration comes from a TOML file (--config), then TETHER_* environment variables,
+/// then flags, later ones winning. See `tether serve --help` for every key.
+#[derive(Parser, Debug)]
+#[command(name = "tether", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server
+    ///
+    /// With no configuration it listens on 127.0.0.1:8080, keeps its store in ./data, and on
+    /// first start generates a JWT secret and an admin API key into <data-dir>/secrets.toml.
+    Serve(Box<ConfigArgs>),
+    /// Mint a JWT for a user, signed with the configured or generated secret (HS* only)
+    ///
+    /// Prints only the token, so `TOKEN=$(tether token --user alice)` works. Reads the
+    /// secret from jwt_secret if configured, else from <data-dir>/secrets.toml (creating it
+    /// if it does not exist yet).
+    Token(TokenCmd),
+    /// Print a new random API key and the config lines that enable it
+    Apikey(ApikeyCmd),
+    /// Write a consistent snapshot of a running server or of a stopped data directory
+    Backup(BackupCmd),
+    /// Restore a snapshot written by `tether backup` into an empty data directory
+    Restore(RestoreCmd),
+    /// Show what a data directory holds: counts, sizes, schema version (server may be stopped)
+    Inspect(InspectCmd),
+}
+
+#[derive(Args, Debug)]
+struct TokenCmd {
+    /// User id, the token's `sub` claim
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// Lifetime of the token in seconds
+    #[arg(long, value_name = "N", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
+    ttl_seconds: u64,
+    /// Comma-separated permissions claim, e.g. read,write [default: none]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    permissions: Option<Vec<String>>,
+    /// Comma-separated roles claim [default: none]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    roles: Option<Vec<String>>,
+    /// Display name claim [default: none]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Session id claim: the connection is linked to this session [default: none]
+    #[arg(long, value_name = "SESSION")]
+    sid: Option<String>,
+    #[command(flatten)]
+    source: ConfigSource,
+}
+
+/// Where a subcommand finds the server's configuration (TETHER_* variables apply too).
+#[derive(Args, Debug)]
+struct ConfigSource {
+    /// TOML configuration file of the server
+    #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: data_dir from the configuration, else ./data]
+    #[arg(long, env = "TETHER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The server's configuration as `serve` would see it, with `--data-dir` on top.
+    fn load(&self) -> Result<Config, String> {
+        let mut args = ConfigArgs::from_env().map_err(|e| e.to_string())?;
+        if self.data_dir.is_some() {
+            args.data_dir = self.data_dir.clone();
+        }
+        Config::load(self.config.as_deref(), &args).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Args, Debug)]
+struct ApikeyCmd {
+    /// Name of the key; connections using it get user id apikey:<name>
+    #[arg(long, value_name = "NAME", default_value = "app")]
+    name: String,
+    /// Comma-separated permissions, among admin, sessions, read
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "admin"
+    )]
+    permissions: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct BackupCmd {
+    /// File to write the snapshot to
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Base URL of a running server to snapshot through its admin API, e.g.
+    /// http://127.0.0.1:8080 [default: none, read the stopped data directory]
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Admin API key for --server [default: admin_api_key from the configuration, else
+    /// the one in <data-dir>/secrets.toml]
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    #[command(flatten)]
+    source: ConfigSource,
+}
+
+#[derive(Args, Debug)]
+struct RestoreCmd {
+    /// Snapshot file written by `tether backup`
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// Data directory to restore into; must be empty or not exist
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct InspectCmd {
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    source: ConfigSource,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(&args),
+        Command::Token(cmd) => token(&cmd),
+        Command::Apikey(cmd) => apikey(&cmd),
+        Command::Backup(cmd) => backup(cmd),
+        Command::Restore(cmd) => finish(tether::backup::restore(RestoreArgs {
+            from: cmd.from,
+            data_dir: cmd.data_dir,
+        })),
+        Command::Inspect(cmd) => match cmd.source.load() {
+            Err(e) => usage_error(e),
+            Ok(config) => finish(tether::backup::inspect(InspectArgs {
+                data_dir: config.data_dir,
+                json: cmd.json,
+            })),
+        },
+    }
+}
+
+/// Configuration errors: reported before anything is opened, exit 2.
+fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn finish(result: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve(args: &ConfigArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    if let Err(e) = init_tracing(&config) {
+        return usage_error(e);
+    }
+    // The data directory and the secrets are created by server::run, after it holds the
+    // directory lock, so that a second server on the same directory touches nothing.
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(tether::server::run(config))),
+        Err(e) => finish(Err(format!("cannot start the async runtime: {e}"))),
+    }
+}
+
+/// Log filter: `RUST_LOG` if set, else `log_level`, else `info`.
+fn init_tracing(config: &Config) -> Result<(), ConfigError> {
+    use tracing_subscriber::EnvFilter;
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = match &rust_log {
+        Some(v) => EnvFilter::try_new(v).map_err(|e| ConfigError::Invalid {
+            key: "RUST_LOG".into(),
+            value: format!("{v:?}"),
+            expected: format!("expected a log filter like \"info\": {e}"),
+        })?,
+        // Validated with the rest of the config.
+        None => EnvFilter::new(config.log_level.as_deref().unwrap_or("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    // try_init: a subscriber already set (embedding, tests) is not worth failing over.
+    let _ = match config.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
+fn token(cmd: &TokenCmd) -> ExitCode {
+    let config = match cmd.source.load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    if cmd.user.trim().is_empty() {
+        return usage_error("--user must not be empty");
+    }
+    let alg = config.jwt_algorithm;
+    if !alg.is_hmac() {
+        return usage_error(format!(
+            "jwt_algorithm is {alg}: tether holds only the public key, so it cannot sign \
+             tokens; mint them where the private key is (tether token works with HS256, \
+             HS384 and HS512)"
+        ));
+    }
+    let secret = match config.jwt_secret.clone() {
+        Some(secret) => secret,
+        None => match secrets::load_or_create(&config.data_dir) {
+            Ok((s, created)) => {
+                if created {
+                    eprintln!(
+                        "generated {} (the server will use the same secret)",
+                        secrets::path(&config.data_dir).display()
+                    );
+                }
+                s.jwt_secret
+            }
+            Err(e) => return finish(Err(e)),
+        },
+    };
+    let claims = token_claims(cmd, &config, unix_now());
+    match tether::auth::mint(secret.as_bytes(), alg, &claims) {
+        Ok(jwt) => {
+            println!("{jwt}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => finish(Err(e)),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn token_claims(cmd: &TokenCmd, config: &Config, now: u64) -> serde_json::Value {
+    let mut claims = serde_json::json!({
+        "sub": cmd.user,
+        "iat": now,
+        "exp": now + cmd.ttl_seconds,
+    });
+    let obj = claims.as_object_mut().expect("a JSON object");
+    if let Some(p) = &cmd.permissions {
+        obj.insert("permissions".into(), p.clone().into());
+    }
+    if let Some(r) = &cmd.roles {
+        obj.insert("roles".into(), r.clone().into());
+    }
+    for (claim, value) in [
+        ("name", &cmd.name),
+        ("sid", &cmd.sid),
+        ("iss", &config.jwt_issuer),
+        ("aud", &config.jwt_audience),
+    ] {
+        if let Some(v) = value {
+            obj.insert(claim.into(), v.clone().into());
+        }
+    }
+    claims
+}
+
+fn apikey(cmd: &ApikeyCmd) -> ExitCode {
+    if cmd.name.trim().is_empty() {
+        return usage_error("--name must not be empty");
+    }
+    if let Some(p) = cmd
+        .permissions
+        .iter()
+        .find(|p| !PERMISSIONS.contains(&p.as_str()))
+    {
+        return usage_error(format!(
+            "invalid permission {p:?} (expected admin, sessions or read)"
+        ));
+    }
+    print!("{}", apikey_text(&secrets::new_api_key(), cmd));
+    ExitCode::SUCCESS
+}
+
+fn apikey_text(key: &str, cmd: &ApikeyCmd) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let permissions: Vec<String> = cmd.permissions.iter().map(|p| quote(p)).collect();
+    format!(
+        "{key}\n\n# Add to the config file (--config) to enable it:\n\
+         [[api_keys]]\nkey = {}\nname = {}\npermissions = [{}]\n",
+        quote(key),
+        quote(&cmd.name),
+        permissions.join(", ")
+    )
+}
+
+fn backup(cmd: BackupCmd) -> ExitCode {
+    let config = match cmd.source.load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    let api_key = match (&cmd.server, cmd.api_key) {
+        (_, Some(key)) => Some(key),
+        (None, None) => None,
+        (Some(_), None) => config
+            .admin_api_key
+            .clone()
+            .or_else(|| stored_admin_key(&config.data_dir)),
+    };
+    let args = BackupArgs {
+        out: cmd.out,
+        server: cmd.server,
+        api_key,
+        data_dir: config.data_dir,
+    };
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(tether::backup::backup(args))),
+        Err(e) => finish(Err(format!("cannot start the async runtime: {e}"))),
+    }
+}
+
+/// The generated admin key, if the data directory has one; never creates the file.
+fn stored_admin_key(data_dir: &Path) -> Option<String> {
+    secrets::read(data_dir)
+        .ok()
+        .flatten()
+        .map(|s| s.admin_api_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent_and_every_flag_has_help() {
+        Cli::command().debug_assert();
+        for sub in Cli::command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_long().is_some() && !["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    assert!(
+                        arg.get_help().is_some(),
+                        "{} --{} has no help",
+                        sub.get_name(),
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn token_claims_carry_what_was_asked() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "token",
+            "--user",
+            "alice",
+            "--ttl-seconds",
+            "60",
+            "--permissions",
+            "read,write",
+            "--sid",
+            "s1",
+        ])
+        .unwrap();
+        let Command::Token(cmd) = cli.command else {
+            panic!("not token")
+        };
+        let config = Config {
+            jwt_issuer: Some("iss".into()),
+            ..Config::default()
+        };
+        let claims = token_claims(&cmd, &config, 1000);
+        assert_eq!(
+            claims,
+            serde_json::json!({"sub": "alice", "iat": 1000, "exp": 1060,
+                               "permissions": ["read", "write"], "sid": "s1", "iss": "iss"})
+        );
+    }
+
+    #[test]
+    fn apikey_prints_key_and_toml() {
+        let cli =
+            Cli::try_parse_from(["tether", "apikey", "--permissions", "read,sessions"]).unwrap();
+        let Command::Apikey(cmd) = cli.command else {
+            panic!("not apikey")
+        };
+        let key = "tk_0123456789abcdefghij";
+        let text = apikey_text(key, &cmd);
+        assert!(text.starts_with("tk_0123456789abcdefghij\n"));
+        let toml_part: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+        let parsed: toml::Table = toml::from_str(&toml_part).unwrap();
+        let entry = &parsed["api_keys"][0];
+        assert_eq!(entry["key"].as_str(), Some(key));
+        assert_eq!(entry["name"].as_str(), Some("app"));
+        assert_eq!(
+            entry["permissions"],
+            toml::Value::Array(vec!["read".into(), "sessions".into()])
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! The records tether stores and the JSON shapes its API returns.
+//!
+//! Stored records go through [`crate::codec`] (bincode), which cannot carry free-form JSON,
+//! so JSON fields (claims, session data, message payloads) are stored as JSON text.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::time::{rfc3339, Millis};
+
+/// A connection's lifecycle state (SPEC §1). Only `Active` and `Detached` are ever stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnState {
+    Connecting,
+    Authenticating,
+    Authenticated,
+    Active,
+    Disconnecting,
+    Disconnected,
+    Detached,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Authenticating => "authenticating",
+            ConnState::Authenticated => "authenticated",
+            ConnState::Active => "active",
+            ConnState::Disconnecting => "disconnecting",
+            ConnState::Disconnected => "disconnected",
+            ConnState::Detached => "detached",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnType {
+    WebSocket,
+    Sse,
+}
+
+impl ConnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnType::WebSocket => "websocket",
+            ConnType::Sse => "sse",
+        }
+    }
+}
+
+/// `AuthUser` in a form bincode can store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredUser {
+    pub id: String,
+    pub permissions: Vec<String>,
+    pub roles: Vec<String>,
+    pub name: Option<String>,
+    pub claims_json: String,
+}
+
+impl From<&AuthUser> for StoredUser {
+    fn from(u: &AuthUser) -> Self {
+        StoredUser {
+            id: u.id.clone(),
+            permissions: u.permissions.clone(),
+            roles: u.roles.clone(),
+            name: u.name.clone(),
+            claims_json: if u.claims.is_empty() {
+                String::new()
+            } else {
+                Value::Object(u.claims.clone()).to_string()
+            },
+        }
+    }
+}
+
+impl StoredUser {
+    pub fn to_auth_user(&self) -> AuthUser {
+        let claims = match serde_json::from_str::<Value>(&self.claims_json) {
+            Ok(Value::Object(m)) => m,
+            _ => Default::default(),
+        };
+        AuthUser {
+            id: self.id.clone(),
+            permissions: self.permissions.clone(),
+            roles: self.roles.clone(),
+            name: self.name.clone(),
+            claims,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub messages_per_minute: u32,
+    pub last_reset: Millis,
+    pub count: u32,
+}
+
+/// The seed's `ConnectionMetadata`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metadata {
+    pub ip: String,
+    pub user_agent: String,
+    pub connected_at: Millis,
+    pub last_activity: Millis,
+    pub client_version: Option<String>,
+    pub connection_type: ConnType,
+    pub permissions: Vec<String>,
+    pub rate_limit: RateLimit,
+}
+
+impl Metadata {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ip": self.ip,
+            "userAgent": self.user_agent,
+            "connectedAt": rfc3339(self.connected_at),
+            "lastActivity": rfc3339(self.last_activity),
+            "clientVersion": self.client_version,
+            "connectionType": self.connection_type.as_str(),
+            "permissions": self.permissions,
+            "rateLimit": {
+                "messagesPerMinute": self.rate_limit.messages_per_minute,
+                "lastReset": rfc3339(self.rate_limit.last_reset),
+            },
+        })
+    }
+}
+
+/// One connection as stored in the `conns` tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnRecord {
+    pub id: Uuid,
+    pub user: StoredUser,
+    pub session_id: Option<String>,
+    pub state: ConnState,
+    pub connected_at: Millis,
+    pub expires_at: Millis,
+    pub detached_at: Option<Millis>,
+    pub meta: Metadata,
+    /// SHA-256 of the resume token; the token itself is never stored.
+    pub resume_hash: [u8; 32],
+    /// Last `seq` assigned to a frame for this connection.
+    pub seq: u64,
+    /// Highest `seq` the client acknowledged.
+    pub acked: u64,
+}
+
+impl ConnRecord {
+    /// `ConnectionInfo` of the API.
+    pub fn info_json(&self, state: ConnState) -> Value {
+        json!({
+            "connectionId": self.id,
+            "userId": self.user.id,
+            "sessionId": self.session_id,
+            "state": state.as_str(),
+            "connectedAt": rfc3339(self.connected_at),
+            "expiresAt": rfc3339(self.expires_at),
+            "metadata": self.meta.to_json(),
+        })
+    }
+}
+
+/// One kept frame of a connection's replay buffer: the `seq` is in the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayEntry {
+    /// The whole frame as sent, JSON text.
+    pub frame: String,
+}
+
+/// Connection lifecycle events (SPEC §5 `ConnectionEvent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Connected,
+    Authenticated,
+    Disconnected,
+    Detached,
+    Resumed,
+    Migrated,
+    Evicted,
+    Expired,
+    Forced,
+    RateLimited,
+    Error,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Connected => "connected",
+            EventType::Authenticated => "authenticated",
+            EventType::Disconnected => "disconnected",
+            EventType::Detached => "detached",
+            EventType::Resumed => "resumed",
+            EventType::Migrated => "migrated",
+            EventType::Evicted => "evicted",
+            EventType::Expired => "expired",
+            EventType::Forced => "forced",
+            EventType::RateLimited => "rate_limited",
+            EventType::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        use EventType::*;
+        [
+            Connected,
+            Authenticated,
+            Disconnected,
+            Detached,
+            Resumed,
+            Migrated,
+            Evicted,
+            Expired,
+            Forced,
+            RateLimited,
+            Error,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub connection_id: Uuid,
+    pub user_id: String,
+    pub event_type: EventType,
+    pub timestamp: Millis,
+    pub details_json: String,
+}
+
+impl StoredEvent {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "seq": self.seq,
+            "connectionId": self.connection_id,
+            "userId": self.user_id,
+            "eventType": self.event_type.as_str(),
+            "timestamp": rfc3339(self.timestamp),
+            "details": serde_json::from_str::<Value>(&self.details_json).unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// A server-side session as stored in the `sessions` tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub last_seen: Millis,
+    pub data_json: String,
+    pub permissions: Vec<String>,
+    pub device_json: String,
+}

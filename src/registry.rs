@@ -1,0 +1,1193 @@
+//! The connection registry: the seed's ConnectionManager.
+//!
+//! Who is connected, as whom, linked to which session, with what metadata, and whether a
+//! socket is attached right now. Lookups answer from memory; every change is written through
+//! to sled (see [`crate::store`]) before the caller acknowledges it to anyone.
+//!
+//! Memory is sharded by user id, so everything about one user (the per-user limit, "all
+//! connections of user X", a fan-out to a user) takes one shard lock. A small second map,
+//! sharded by connection id, says which shard holds a connection. The shard locks are std
+//! mutexes: no critical section awaits, and the work inside is a hash-map operation plus a
+//! sled insert into its in-memory log.
+//!
+//! Lock order: a shard lock may take the locator and session-map locks inside it; nothing
+//! takes a shard lock while holding either of them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{ct_eq, sha256, AuthUser};
+use crate::codec;
+use crate::error::{Disconnect, Fate};
+use crate::events::EventLog;
+use crate::metrics::Metrics;
+use crate::model::{ConnRecord, ConnState, EventType, Metadata, ReplayEntry, StoredUser};
+use crate::store::{keys, Trees};
+use crate::time::{now_ms, rfc3339, Millis};
+use crate::transport::outbox::Outbox;
+
+const SHARDS: usize = 64;
+
+/// Limits the registry enforces, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_per_user: usize,
+    pub max_total: usize,
+    pub ttl_seconds: u64,
+    pub resume_grace_seconds: u64,
+    pub replay_buffer_messages: u64,
+    pub messages_per_minute: u32,
+}
+
+/// The socket side of a connection, shared by its transport task and the registry.
+pub struct Live {
+    pub outbox: Outbox,
+    id: Mutex<Uuid>,
+}
+
+impl Live {
+    pub fn new(id: Uuid, queue_bytes: usize) -> Arc<Live> {
+        Arc::new(Live {
+            outbox: Outbox::new(queue_bytes),
+            id: Mutex::new(id),
+        })
+    }
+
+    /// The connection's current id (an operator's migrate may change it under a live socket).
+    pub fn id(&self) -> Uuid {
+        *self.id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_id(&self, id: Uuid) {
+        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
+}
+
+struct Entry {
+    rec: ConnRecord,
+    state: ConnState,
+    live: Option<Arc<Live>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    conns: HashMap<Uuid, Entry>,
+    /// Connection ids of each user, oldest first.
+    users: HashMap<String, Vec<Uuid>>,
+}
+
+/// A connection about to be registered.
+pub struct NewConn {
+    pub id: Uuid,
+    pub user: AuthUser,
+    pub session_id: Option<String>,
+    pub meta: Metadata,
+    pub resume: Option<ResumeRequest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    pub connection_id: String,
+    pub token: String,
+    pub last_seq: Option<u64>,
+}
+
+/// What [`Registry::register`] decided.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub id: Uuid,
+    pub resume_token: String,
+    pub resumed: bool,
+    pub previous: Option<Uuid>,
+    pub resume_error: Option<String>,
+    /// Replay kept frames with a seq above this at activation.
+    pub replay_after: u64,
+}
+
+/// Fields an operator may change (`PATCH /v1/connections/{id}/metadata`).
+#[derive(Debug, Default, Clone)]
+pub struct MetadataPatch {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub client_version: Option<Option<String>>,
+    pub permissions: Option<Vec<String>>,
+    pub messages_per_minute: Option<u32>,
+}
+
+/// Outcome of a delivery to one or more connections.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delivery {
+    /// Connections that had a socket attached and took the frame into their queue.
+    pub delivered: usize,
+    /// Connections the frame was assigned to (live or kept for their resume).
+    pub stored: usize,
+    /// The seq of the last assignment (for a single connection, its seq).
+    pub seq: u64,
+}
+
+pub struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    locator: Box<[Mutex<HashMap<Uuid, u8>>]>,
+    sessions: Mutex<HashMap<String, Vec<Uuid>>>,
+    trees: Trees,
+    pub events: EventLog,
+    pub metrics: Arc<Metrics>,
+    limits: Limits,
+    attached: AtomicUsize,
+    messages_per_second: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hash_str(s: &str) -> usize {
+    // FNV-1a: stable, fast, and enough to spread user ids over shards.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
+}
+
+/// A new random resume token (256 bits, URL-safe).
+pub fn new_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system has no random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Registry {
+    pub fn new(trees: Trees, events: EventLog, metrics: Arc<Metrics>, limits: Limits) -> Registry {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            locator: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            sessions: Mutex::new(HashMap::new()),
+            trees,
+            events,
+            metrics,
+            limits,
+            attached: AtomicUsize::new(0),
+            messages_per_second: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn shard_of_user(&self, user: &str) -> usize {
+        hash_str(user) % SHARDS
+    }
+
+    fn locate(&self, id: &Uuid) -> Option<usize> {
+        let slot = id.as_bytes()[15] as usize % SHARDS;
+        lock(&self.locator[slot]).get(id).map(|s| *s as usize)
+    }
+
+    fn set_location(&self, id: Uuid, shard: Option<usize>) {
+        let slot = id.as_bytes()[15] as usize % SHARDS;
+        let mut m = lock(&self.locator[slot]);
+        match shard {
+            Some(s) => {
+                m.insert(id, s as u8);
+            }
+            None => {
+                m.remove(&id);
+            }
+        }
+    }
+
+    /// Runs `f` on the shard holding `id`, if any.
+    fn with_shard<R>(&self, id: &Uuid, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
+        let s = self.locate(id)?;
+        let mut shard = lock(&self.shards[s]);
+        if !shard.conns.contains_key(id) {
+            return None;
+        }
+        Some(f(&mut shard))
+    }
+
+    // ----- write-through -------------------------------------------------------------
+
+    fn persist(&self, rec: &ConnRecord, old_expiry: Option<Millis>) {
+        let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+            self.trees
+                .conns
+                .insert(keys::conn(&rec.id), codec::encode(rec)?)?;
+            if let Some(old) = old_expiry.filter(|o| *o != rec.expires_at) {
+                self.trees
+                    .conns_by_expiry
+                    .remove(keys::by_expiry(old, &rec.id))?;
+            }
+            self.trees
+                .conns_by_expiry
+                .insert(keys::by_expiry(rec.expires_at, &rec.id), &[])?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, connection = %rec.id, "cannot store a connection");
+        }
+    }
+
+    fn persist_new(&self, rec: &ConnRecord) {
+        self.persist(rec, None);
+        if let Err(e) = self
+            .trees
+            .conns_by_user
+            .insert(keys::by_user(&rec.user.id, rec.connected_at, &rec.id), &[])
+        {
+            tracing::error!(error = %e, "cannot store the user index");
+        }
+    }
+
+    fn unpersist(&self, rec: &ConnRecord, keep_replay: bool) {
+        let _ = self.trees.conns.remove(keys::conn(&rec.id));
+        let _ =
+            self.trees
+                .conns_by_user
+                .remove(keys::by_user(&rec.user.id, rec.connected_at, &rec.id));
+        let _ = self
+            .trees
+            .conns_by_expiry
+            .remove(keys::by_expiry(rec.expires_at, &rec.id));
+        if !keep_replay {
+            for k in self
+                .trees
+                .replay
+                .scan_prefix(rec.id.as_bytes())
+                .keys()
+                .flatten()
+            {
+                let _ = self.trees.replay.remove(k);
+            }
+        }
+    }
+
+    // ----- shard bookkeeping ---------------------------------------------------------
+
+    fn insert_locked(&self, shard_idx: usize, shard: &mut Shard, entry: Entry) {
+        let id = entry.rec.id;
+        let user = entry.rec.user.id.clone();
+        if let Some(sid) = &entry.rec.session_id {
+            lock(&self.sessions)
+                .entry(sid.clone())
+                .or_default()
+                .push(id);
+        }
+        if entry.state != ConnState::Detached {
+            self.attached.fetch_add(1, Ordering::Relaxed);
+        }
+        let list = shard.users.entry(user).or_default();
+        // Oldest first: resumed records keep their old connectedAt.
+        let pos = list
+            .iter()
+            .position(|other| {
+                shard
+                    .conns
+                    .get(other)
+                    .is_some_and(|e| e.rec.connected_at > entry.rec.connected_at)
+            })
+            .unwrap_or(list.len());
+        list.insert(pos, id);
+        shard.conns.insert(id, entry);
+        self.set_location(id, Some(shard_idx));
+    }
+
+    fn remove_locked(&self, shard: &mut Shard, id: &Uuid) -> Option<Entry> {
+        let entry = shard.conns.remove(id)?;
+        if let Some(list) = shard.users.get_mut(&entry.rec.user.id) {
+            list.retain(|c| c != id);
+            if list.is_empty() {
+                shard.users.remove(&entry.rec.user.id);
+            }
+        }
+        if let Some(sid) = &entry.rec.session_id {
+            let mut sessions = lock(&self.sessions);
+            if let Some(list) = sessions.get_mut(sid) {
+                list.retain(|c| c != id);
+                if list.is_empty() {
+                    sessions.remove(sid);
+                }
+            }
+        }
+        if entry.state != ConnState::Detached {
+            self.attached.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.set_location(*id, None);
+        Some(entry)
+    }
+
+    /// Removes a connection for good: memory, store, replay buffer; logs `event`.
+    fn drop_locked(
+        &self,
+        shard: &mut Shard,
+        id: &Uuid,
+        event: EventType,
+        details: Value,
+    ) -> Option<Entry> {
+        let entry = self.remove_locked(shard, id)?;
+        self.unpersist(&entry.rec, false);
+        self.metrics
+            .connection_closed(now_ms() - entry.rec.connected_at);
+        self.events
+            .log(entry.rec.id, &entry.rec.user.id, event, details);
+        Some(entry)
+    }
+
+    // ----- lifecycle -----------------------------------------------------------------
+
+    /// Registers an authenticated connection (`registerConnection`), resuming an old one
+    /// when asked and allowed, and enforcing `max_total` and `max_per_user` (the oldest of the
+    /// user's connections is evicted with 4505; Detached ones go first).
+    ///
+    /// The caller then waits for durability and calls [`Registry::activate`].
+    pub fn register(&self, new: NewConn) -> Result<Registered, Disconnect> {
+        self.register_with(new, false)
+    }
+
+    /// [`Registry::register`], where `trusted_resume` waives the resume token: the SSE
+    /// `Last-Event-ID` resume, which a browser sends without one. The user must still match.
+    pub fn register_with(
+        &self,
+        new: NewConn,
+        trusted_resume: bool,
+    ) -> Result<Registered, Disconnect> {
+        if new.user.id.is_empty() || new.user.id.contains('\0') {
+            return Err(Disconnect::unauthorized("invalid subject"));
+        }
+        let now = now_ms();
+        let shard_idx = self.shard_of_user(&new.user.id);
+        let mut shard = lock(&self.shards[shard_idx]);
+
+        let mut resumed_from: Option<Entry> = None;
+        let mut resume_error = None;
+        let mut replay_after = 0;
+        if let Some(req) = &new.resume {
+            match self.check_resume(&mut shard, &new.user.id, req, now, trusted_resume) {
+                Ok((entry, after, lost)) => {
+                    replay_after = after;
+                    resume_error = lost;
+                    resumed_from = Some(entry);
+                }
+                Err(ResumeRefusal::ForeignUser) => {
+                    return Err(Disconnect::unauthorized(
+                        "resume of another user's connection",
+                    ));
+                }
+                Err(ResumeRefusal::Cannot(why)) => resume_error = Some(why.to_string()),
+            }
+        }
+
+        if resumed_from.is_none() && self.attached.load(Ordering::Relaxed) >= self.limits.max_total
+        {
+            return Err(Disconnect::server_full());
+        }
+
+        let token = new_token();
+        let rec = match resumed_from {
+            Some(old) => {
+                // migrateConnection: the record moves to the new id.
+                let old_id = old.rec.id;
+                let mut rec = old.rec;
+                self.unpersist(&rec, true);
+                self.move_replay(&old_id, &new.id);
+                rec.id = new.id;
+                rec.state = ConnState::Authenticated;
+                rec.detached_at = None;
+                rec.resume_hash = sha256(token.as_bytes());
+                rec.expires_at = rec
+                    .expires_at
+                    .max(now + self.limits.ttl_seconds as i64 * 1000);
+                rec.meta.last_activity = now;
+                if let Some(live) = &old.live {
+                    live.outbox.close(Disconnect::replaced());
+                }
+                self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
+                self.events.log(
+                    new.id,
+                    &rec.user.id,
+                    EventType::Migrated,
+                    json!({"from": old_id, "to": new.id}),
+                );
+                self.events.log(
+                    new.id,
+                    &rec.user.id,
+                    EventType::Resumed,
+                    json!({"previousConnectionId": old_id, "lastSeq": replay_after}),
+                );
+                let reg = Registered {
+                    id: new.id,
+                    resume_token: token,
+                    resumed: true,
+                    previous: Some(old_id),
+                    resume_error,
+                    replay_after,
+                };
+                self.persist_new(&rec);
+                self.insert_locked(
+                    shard_idx,
+                    &mut shard,
+                    Entry {
+                        rec,
+                        state: ConnState::Authenticated,
+                        live: None,
+                    },
+                );
+                return Ok(reg);
+            }
+            None => ConnRecord {
+                id: new.id,
+                user: StoredUser::from(&new.user),
+                session_id: new.session_id,
+                state: ConnState::Authenticated,
+                connected_at: now,
+                expires_at: now + self.limits.ttl_seconds as i64 * 1000,
+                detached_at: None,
+                meta: new.meta,
+                resume_hash: sha256(token.as_bytes()),
+                seq: 0,
+                acked: 0,
+            },
+        };
+
+        self.enforce_user_limit(&mut shard, &rec.user.id);
+        self.persist_new(&rec);
+        self.events.log(
+            rec.id,
+            &rec.user.id,
+            EventType::Authenticated,
+            json!({
+                "ip": rec.meta.ip, "connectionType": rec.meta.connection_type.as_str(),
+            }),
+        );
+        let id = rec.id;
+        self.insert_locked(
+            shard_idx,
+            &mut shard,
+            Entry {
+                rec,
+                state: ConnState::Authenticated,
+                live: None,
+            },
+        );
+        Ok(Registered {
+            id,
+            resume_token: token,
+            resumed: false,
+            previous: None,
+            resume_error,
+            replay_after: 0,
+        })
+    }
+
+    /// `enforceConnectionLimits`: makes room for one more connection of `user`.
+    fn enforce_user_limit(&self, shard: &mut Shard, user: &str) {
+        loop {
+            let Some(list) = shard.users.get(user) else {
+                return;
+            };
+            if list.len() < self.limits.max_per_user {
+                return;
+            }
+            let victim = list
+                .iter()
+                .find(|id| {
+                    shard
+                        .conns
+                        .get(id)
+                        .is_some_and(|e| e.state == ConnState::Detached)
+                })
+                .or_else(|| list.first())
+                .copied();
+            let Some(victim) = victim else { return };
+            let d = Disconnect::evicted();
+            if let Some(entry) =
+                self.drop_locked(shard, &victim, EventType::Evicted, json!({"code": d.code}))
+            {
+                if let Some(live) = entry.live {
+                    live.outbox.close(d);
+                }
+            }
+        }
+    }
+
+    fn check_resume(
+        &self,
+        shard: &mut Shard,
+        user: &str,
+        req: &ResumeRequest,
+        now: Millis,
+        trusted: bool,
+    ) -> Result<(Entry, u64, Option<String>), ResumeRefusal> {
+        let Ok(old_id) = Uuid::parse_str(&req.connection_id) else {
+            return Err(ResumeRefusal::Cannot("unknown connection"));
+        };
+        let Some(old) = shard.conns.get(&old_id) else {
+            // Not in this user's shard: it may be another user's.
+            if self.locate(&old_id).is_some() {
+                return Err(ResumeRefusal::ForeignUser);
+            }
+            return Err(ResumeRefusal::Cannot("unknown connection"));
+        };
+        if old.rec.user.id != user {
+            return Err(ResumeRefusal::ForeignUser);
+        }
+        if !trusted && !ct_eq(&sha256(req.token.as_bytes()), &old.rec.resume_hash) {
+            return Err(ResumeRefusal::Cannot("invalid resume token"));
+        }
+        if old.state == ConnState::Detached
+            && old
+                .rec
+                .detached_at
+                .is_some_and(|t| t + self.limits.resume_grace_seconds as i64 * 1000 <= now)
+        {
+            return Err(ResumeRefusal::Cannot("resume grace period over"));
+        }
+        if matches!(old.state, ConnState::Authenticated) {
+            return Err(ResumeRefusal::Cannot("connection is still being set up"));
+        }
+        let seq = old.rec.seq;
+        let first_kept = self
+            .trees
+            .replay
+            .scan_prefix(old_id.as_bytes())
+            .keys()
+            .next()
+            .and_then(|k| k.ok())
+            .and_then(|k| {
+                k.get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            })
+            .unwrap_or(seq + 1);
+        let (after, lost) = match req.last_seq {
+            None => (old.rec.acked, None),
+            Some(last) => {
+                let last = last.min(seq);
+                if last + 1 < first_kept {
+                    (last, Some(format!("messages lost: the oldest kept seq is {first_kept}, lastSeq was {last}")))
+                } else {
+                    (last, None)
+                }
+            }
+        };
+        let entry = self.remove_locked(shard, &old_id).expect("present above");
+        Ok((entry, after, lost))
+    }
+
+    fn move_replay(&self, from: &Uuid, to: &Uuid) {
+        for item in self.trees.replay.scan_prefix(from.as_bytes()) {
+            let Ok((k, v)) = item else { continue };
+            let mut nk = k.to_vec();
+            nk[..16].copy_from_slice(to.as_bytes());
+            let _ = self.trees.replay.insert(nk, v);
+            let _ = self.trees.replay.remove(k);
+        }
+    }
+
+    /// Attaches the socket and makes the connection Active: queues `welcome` (built from the
+    /// record under the lock, so its `seq` is exact) and then every kept frame after
+    /// `replay_after`, before anything new can be queued. Returns false if the connection
+    /// was removed meanwhile (evicted by a newer one, say).
+    pub fn activate(
+        &self,
+        id: &Uuid,
+        live: &Arc<Live>,
+        replay_after: u64,
+        welcome: impl FnOnce(&ConnRecord) -> String,
+    ) -> bool {
+        self.with_shard(id, |shard| {
+            let entry = shard.conns.get_mut(id).expect("checked");
+            entry.state = ConnState::Active;
+            entry.live = Some(live.clone());
+            live.outbox.push_text(welcome(&entry.rec));
+            let start = keys::replay(id, replay_after.saturating_add(1));
+            let end = keys::replay(id, u64::MAX);
+            for item in self.trees.replay.range(start..=end) {
+                let Ok((_, v)) = item else { continue };
+                if let Ok(e) = codec::decode::<ReplayEntry>(&v) {
+                    live.outbox.push_text(e.frame);
+                }
+            }
+            self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Called by a transport when its socket is gone: applies `fate` unless the connection
+    /// has moved on (migrated, evicted, or already removed).
+    pub fn finish(&self, live: &Arc<Live>, fate: Fate, code: Option<u16>) {
+        let id = live.id();
+        if let Some(code) = code {
+            self.metrics.disconnect(code);
+        }
+        self.with_shard(&id, |shard| {
+            let Some(entry) = shard.conns.get_mut(&id) else {
+                return;
+            };
+            if !entry.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
+                return;
+            }
+            match fate {
+                Fate::Remove => {
+                    self.drop_locked(shard, &id, EventType::Disconnected, json!({"code": code}));
+                }
+                Fate::Detach => {
+                    entry.live = None;
+                    entry.state = ConnState::Detached;
+                    entry.rec.state = ConnState::Detached;
+                    entry.rec.detached_at = Some(now_ms());
+                    self.attached.fetch_sub(1, Ordering::Relaxed);
+                    let rec = entry.rec.clone();
+                    self.persist(&rec, Some(rec.expires_at));
+                    self.events
+                        .log(id, &rec.user.id, EventType::Detached, json!({"code": code}));
+                }
+                Fate::Keep => {
+                    entry.live = None;
+                    let rec = entry.rec.clone();
+                    self.persist(&rec, Some(rec.expires_at));
+                }
+            }
+        });
+    }
+
+    /// `forceDisconnect` (and the other operator-, session- and limit-driven closes): removes
+    /// the connection now and tells its socket why. Returns whether it existed.
+    pub fn force_disconnect(&self, id: &Uuid, d: Disconnect, event: EventType) -> bool {
+        self.with_shard(id, |shard| {
+            let details = json!({"code": d.code, "reason": d.reason});
+            match self.drop_locked(shard, id, event, details) {
+                Some(entry) => {
+                    if let Some(live) = entry.live {
+                        live.outbox.close(d);
+                    }
+                    true
+                }
+                None => false,
+            }
+        })
+        .unwrap_or(false)
+    }
+
+    /// Closes every connection of `user` (logout everywhere, disconnect every device).
+    pub fn disconnect_user(&self, user: &str, d: Disconnect, event: EventType) -> usize {
+        let ids: Vec<Uuid> = {
+            let shard = lock(&self.shards[self.shard_of_user(user)]);
+            shard.users.get(user).cloned().unwrap_or_default()
+        };
+        ids.iter()
+            .filter(|id| self.force_disconnect(id, d.clone(), event))
+            .count()
+    }
+
+    /// Closes every connection linked to `session`.
+    pub fn disconnect_session(&self, session: &str, d: Disconnect) -> usize {
+        let ids = self.session_connections(session);
+        ids.iter()
+            .filter(|id| self.force_disconnect(id, d.clone(), EventType::Disconnected))
+            .count()
+    }
+
+    /// Connection ids linked to `session` now.
+    pub fn session_connections(&self, session: &str) -> Vec<Uuid> {
+        lock(&self.sessions)
+            .get(session)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Asks every attached socket to close with `d` (graceful shutdown: 1001, resumable).
+    pub fn close_all(&self, d: &Disconnect) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for entry in lock(shard).conns.values() {
+                if let Some(live) = &entry.live {
+                    live.outbox.close(d.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Writes every record back (their lazy fields: lastActivity, rate-limit state).
+    pub fn persist_all(&self) {
+        for shard in self.shards.iter() {
+            for entry in lock(shard).conns.values() {
+                self.persist(&entry.rec, Some(entry.rec.expires_at));
+            }
+        }
+    }
+
+    // ----- delivery ------------------------------------------------------------------
+
+    fn deliver_locked(&self, entry: &mut Entry, frame: &dyn Fn(u64) -> String, d: &mut Delivery) {
+        entry.rec.seq += 1;
+        let seq = entry.rec.seq;
+        let text = frame(seq);
+        let id = entry.rec.id;
+        match codec::encode(&ReplayEntry {
+            frame: text.clone(),
+        }) {
+            Ok(bytes) => {
+                if let Err(e) = self.trees.replay.insert(keys::replay(&id, seq), bytes) {
+                    tracing::error!(error = %e, "cannot keep a frame for replay");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a frame for replay"),
+        }
+        if seq > self.limits.replay_buffer_messages {
+            let _ = self
+                .trees
+                .replay
+                .remove(keys::replay(&id, seq - self.limits.replay_buffer_messages));
+        }
+        self.metrics
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        d.stored += 1;
+        d.seq = seq;
+        if let Some(live) = &entry.live {
+            if entry.state == ConnState::Active && live.outbox.push_text(text) {
+                d.delivered += 1;
+            }
+        }
+    }
+
+    /// Assigns the next seq of connection `id` to `frame(seq)`, keeps it for replay, and
+    /// queues it if a socket is attached. None if the connection is unknown.
+    pub fn deliver(&self, id: &Uuid, frame: &dyn Fn(u64) -> String) -> Option<Delivery> {
+        self.with_shard(id, |shard| {
+            let mut d = Delivery::default();
+            let entry = shard.conns.get_mut(id).expect("checked");
+            self.deliver_locked(entry, frame, &mut d);
+            d
+        })
+    }
+
+    /// The same for every connection of `user`, Detached ones included.
+    pub fn deliver_to_user(&self, user: &str, frame: &dyn Fn(u64) -> String) -> Delivery {
+        let mut d = Delivery::default();
+        let mut shard = lock(&self.shards[self.shard_of_user(user)]);
+        let Shard { conns, users } = &mut *shard;
+        for id in users.get(user).map(|v| v.as_slice()).unwrap_or(&[]) {
+            if let Some(entry) = conns.get_mut(id) {
+                self.deliver_locked(entry, frame, &mut d);
+            }
+        }
+        d
+    }
+
+    /// The same for every connection of `session` except `except`.
+    pub fn deliver_to_session(
+        &self,
+        session: &str,
+        except: Option<&Uuid>,
+        frame: &dyn Fn(u64) -> String,
+    ) -> Delivery {
+        let mut total = Delivery::default();
+        for id in self.session_connections(session) {
+            if Some(&id) == except {
+                continue;
+            }
+            if let Some(d) = self.deliver(&id, frame) {
+                total.delivered += d.delivered;
+                total.stored += d.stored;
+                total.seq = d.seq;
+            }
+        }
+        total
+    }
+
+    /// The client has everything up to `seq`: drop it from the replay buffer.
+    pub fn ack(&self, id: &Uuid, seq: u64) {
+        self.with_shard(id, |shard| {
+            let entry = shard.conns.get_mut(id).expect("checked");
+            let upto = seq.min(entry.rec.seq);
+            if upto <= entry.rec.acked {
+                return;
+            }
+            entry.rec.acked = upto;
+            let start = keys::replay(id, 0);
+            let end = keys::replay(id, upto);
+            for k in self.trees.replay.range(start..=end).keys().flatten() {
+                let _ = self.trees.replay.remove(k);
+            }
+        });
+    }
+
+    /// Records activity and rate-limit state in memory (written back lazily, never per frame).
+    pub fn touch(&self, id: &Uuid, at: Millis, window_start: Millis, count: u32) {
+        self.with_shard(id, |shard| {
+            let entry = shard.conns.get_mut(id).expect("checked");
+            entry.rec.meta.last_activity = at;
+            entry.rec.meta.rate_limit.last_reset = window_start;
+            entry.rec.meta.rate_limit.count = count;
+        });
+    }
+
+    // ----- lookups -------------------------------------------------------------------
+
+    /// `lookup`: the `ConnectionInfo` of `id`.
+    pub fn info(&self, id: &Uuid) -> Option<Value> {
+        self.with_shard(id, |shard| {
+            let e = &shard.conns[id];
+            e.rec.info_json(e.state)
+        })
+    }
+
+    /// A copy of the record and its state.
+    pub fn record(&self, id: &Uuid) -> Option<(ConnRecord, ConnState)> {
+        self.with_shard(id, |shard| {
+            let e = &shard.conns[id];
+            (e.rec.clone(), e.state)
+        })
+    }
+
+    /// `getConnectionUser`.
+    pub fn user(&self, id: &Uuid) -> Option<AuthUser> {
+        self.with_shard(id, |shard| shard.conns[id].rec.user.to_auth_user())
+    }
+
+    /// `validateConnection`: exists, Active, not expired.
+    pub fn validate(&self, id: &Uuid) -> bool {
+        let now = now_ms();
+        self.with_shard(id, |shard| {
+            let e = &shard.conns[id];
+            e.state == ConnState::Active && e.rec.expires_at > now
+        })
+        .unwrap_or(false)
+    }
+
+    /// `getUserConnections`, oldest first.
+    pub fn user_connections(&self, user: &str) -> Vec<Value> {
+        let shard = lock(&self.shards[self.shard_of_user(user)]);
+        shard
+            .users
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| shard.conns.get(id))
+                    .map(|e| e.rec.info_json(e.state))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `updateConnectionMetadata`.
+    pub fn update_metadata(&self, id: &Uuid, patch: MetadataPatch) -> Option<Value> {
+        self.with_shard(id, |shard| {
+            let e = shard.conns.get_mut(id).expect("checked");
+            let m = &mut e.rec.meta;
+            if let Some(v) = patch.ip {
+                m.ip = v;
+            }
+            if let Some(v) = patch.user_agent {
+                m.user_agent = v;
+            }
+            if let Some(v) = patch.client_version {
+                m.client_version = v;
+            }
+            if let Some(v) = patch.permissions {
+                m.permissions = v;
+            }
+            if let Some(v) = patch.messages_per_minute {
+                m.rate_limit.messages_per_minute = v;
+            }
+            self.persist(&e.rec, Some(e.rec.expires_at));
+            e.rec.info_json(e.state)
+        })
+    }
+
+    /// `extendConnectionTTL`: expires `ttl_seconds` from now.
+    pub fn extend_ttl(&self, id: &Uuid, ttl_seconds: u64) -> Option<Value> {
+        self.with_shard(id, |shard| {
+            let e = shard.conns.get_mut(id).expect("checked");
+            let old = e.rec.expires_at;
+            e.rec.expires_at = now_ms().saturating_add((ttl_seconds as i64).saturating_mul(1000));
+            e.rec.meta.last_activity = now_ms();
+            self.persist(&e.rec, Some(old));
+            e.rec.info_json(e.state)
+        })
+    }
+
+    /// `migrateConnection` by an operator: the record (and a live socket, if any) moves to
+    /// `new_id`; the old id stops existing.
+    pub fn migrate(&self, old_id: &Uuid, new_id: Uuid) -> Result<Value, MigrateError> {
+        if self.locate(&new_id).is_some() {
+            return Err(MigrateError::Exists);
+        }
+        self.with_shard(old_id, |shard| {
+            if shard.conns.contains_key(&new_id) {
+                return Err(MigrateError::Exists);
+            }
+            let mut entry = self.remove_locked(shard, old_id).expect("checked");
+            self.unpersist(&entry.rec, true);
+            self.move_replay(old_id, &new_id);
+            entry.rec.id = new_id;
+            if let Some(live) = &entry.live {
+                live.set_id(new_id);
+            }
+            self.persist_new(&entry.rec);
+            self.events.log(
+                new_id,
+                &entry.rec.user.id,
+                EventType::Migrated,
+                json!({"from": old_id, "to": new_id}),
+            );
+            let info = entry.rec.info_json(entry.state);
+            let idx = self.shard_of_user(&entry.rec.user.id);
+            self.insert_locked(idx, shard, entry);
+            Ok(info)
+        })
+        .unwrap_or(Err(MigrateError::Unknown))
+    }
+
+    // ----- expiry --------------------------------------------------------------------
+
+    /// Closes Active connections past their expiry (4004, they stay resumable) and removes
+    /// Detached ones past the resume grace period. Returns how many it did either to.
+    pub fn sweep(&self) -> usize {
+        let now = now_ms();
+        let grace = self.limits.resume_grace_seconds as i64 * 1000;
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let mut gone = Vec::new();
+            for (id, e) in shard.conns.iter() {
+                match e.state {
+                    ConnState::Active if e.rec.expires_at <= now => {
+                        if let Some(live) = &e.live {
+                            if live.outbox.closing().is_none() {
+                                live.outbox.close(Disconnect::expired());
+                                n += 1;
+                            }
+                        }
+                    }
+                    ConnState::Detached
+                        if e.rec.detached_at.is_some_and(|t| t + grace <= now)
+                            || e.rec.expires_at + grace <= now =>
+                    {
+                        gone.push(*id);
+                    }
+                    _ => {}
+                }
+            }
+            for id in gone {
+                self.drop_locked(
+                    &mut shard,
+                    &id,
+                    EventType::Expired,
+                    json!({"reason": "resume grace period over"}),
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Start-up recovery: every stored connection becomes Detached (resumable for the grace
+    /// period from now, or from its earlier detach), and the index trees are rebuilt.
+    pub fn recover(&self) -> Result<RecoveryReport, sled::Error> {
+        let now = now_ms();
+        let mut report = RecoveryReport::default();
+        self.trees.conns_by_user.clear()?;
+        self.trees.conns_by_expiry.clear()?;
+        for item in self.trees.conns.iter() {
+            let (k, v) = item?;
+            let mut rec: ConnRecord = match codec::decode(&v) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key = ?k, error = %e, "skipping a stored connection that does not decode; it is left in the store untouched");
+                    report.unreadable += 1;
+                    continue;
+                }
+            };
+            // A crash may have kept frames whose seq the record never saw.
+            if let Some(Ok(last)) = self
+                .trees
+                .replay
+                .scan_prefix(rec.id.as_bytes())
+                .keys()
+                .next_back()
+            {
+                if let Some(s) = last
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                {
+                    rec.seq = rec.seq.max(s);
+                }
+            }
+            if rec.state != ConnState::Detached {
+                rec.state = ConnState::Detached;
+                rec.detached_at = Some(now);
+                self.events.log(
+                    rec.id,
+                    &rec.user.id,
+                    EventType::Detached,
+                    json!({"reason": "server restarted"}),
+                );
+            }
+            self.persist_new(&rec);
+            let idx = self.shard_of_user(&rec.user.id);
+            let mut shard = lock(&self.shards[idx]);
+            self.insert_locked(
+                idx,
+                &mut shard,
+                Entry {
+                    rec,
+                    state: ConnState::Detached,
+                    live: None,
+                },
+            );
+            report.detached += 1;
+        }
+        Ok(report)
+    }
+
+    // ----- figures -------------------------------------------------------------------
+
+    /// `getConnectionHealth`.
+    pub fn health(&self) -> Value {
+        let mut by_state: HashMap<&'static str, u64> = HashMap::new();
+        let mut by_type: HashMap<&'static str, u64> = HashMap::new();
+        let mut by_version: HashMap<String, u64> = HashMap::new();
+        let (mut active, mut detached, mut users) = (0u64, 0u64, 0u64);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            users += shard
+                .users
+                .values()
+                .filter(|ids| {
+                    ids.iter().any(|id| {
+                        shard
+                            .conns
+                            .get(id)
+                            .is_some_and(|e| e.state != ConnState::Detached)
+                    })
+                })
+                .count() as u64;
+            for e in shard.conns.values() {
+                *by_state.entry(e.state.as_str()).or_default() += 1;
+                match e.state {
+                    ConnState::Detached => detached += 1,
+                    ConnState::Active => active += 1,
+                    _ => {}
+                }
+                if e.state != ConnState::Detached {
+                    *by_type
+                        .entry(e.rec.meta.connection_type.as_str())
+                        .or_default() += 1;
+                    let v = e
+                        .rec
+                        .meta
+                        .client_version
+                        .clone()
+                        .unwrap_or_else(|| "unknown".into());
+                    *by_version.entry(v).or_default() += 1;
+                }
+            }
+        }
+        json!({
+            "activeConnections": active,
+            "usersWithConnections": users,
+            "memoryUsage": crate::metrics::rss_bytes(),
+            "detachedConnections": detached,
+            "byConnectionType": by_type,
+            "byState": by_state,
+            "byClientVersion": by_version,
+        })
+    }
+
+    /// `getConnectionStats`.
+    pub fn stats(&self) -> Value {
+        let now = now_ms();
+        let (mut total, mut active_users, mut dur_sum, mut dur_n) = (0u64, 0u64, 0i64, 0i64);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            total += shard.conns.len() as u64;
+            for ids in shard.users.values() {
+                if ids.iter().any(|id| {
+                    shard
+                        .conns
+                        .get(id)
+                        .is_some_and(|e| e.state == ConnState::Active)
+                }) {
+                    active_users += 1;
+                }
+            }
+            for e in shard
+                .conns
+                .values()
+                .filter(|e| e.state == ConnState::Active)
+            {
+                dur_sum += now - e.rec.connected_at;
+                dur_n += 1;
+            }
+        }
+        json!({
+            "totalConnections": total,
+            "activeUsers": active_users,
+            "messagesPerSecond": f64::from_bits(self.messages_per_second.load(Ordering::Relaxed)),
+            "avgConnectionDuration": if dur_n == 0 { 0.0 } else { dur_sum as f64 / dur_n as f64 / 1000.0 },
+        })
+    }
+
+    /// Set by the sampler once a second.
+    pub fn set_messages_per_second(&self, v: f64) {
+        self.messages_per_second
+            .store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Connections with a socket attached (or being attached).
+    pub fn attached(&self) -> usize {
+        self.attached.load(Ordering::Relaxed)
+    }
+
+    /// Counts by state, for metrics.
+    pub fn count_by(&self) -> (HashMap<&'static str, u64>, HashMap<&'static str, u64>) {
+        let mut by_state = HashMap::new();
+        let mut by_type = HashMap::new();
+        for shard in self.shards.iter() {
+            for e in lock(shard).conns.values() {
+                *by_state.entry(e.state.as_str()).or_default() += 1;
+                *by_type
+                    .entry(e.rec.meta.connection_type.as_str())
+                    .or_default() += 1;
+            }
+        }
+        (by_state, by_type)
+    }
+
+    /// Timestamp helper for API views.
+    pub fn expires_at_rfc3339(rec: &ConnRecord) -> String {
+        rfc3339(rec.expires_at)
+    }
+}
+
+enum ResumeRefusal {
+    ForeignUser,
+    Cannot(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateError {
+    Unknown,
+    Exists,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryReport {
+    pub detached: usize,
+    pub unreadable: usize,
+}

@@ -1,0 +1,233 @@
+//! The sled store under the data directory: its trees, its schema version, and the lock that
+//! keeps a second server away from it.
+//!
+//! Trees (keys are big-endian so that sled's order is the useful order):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `meta` | name | codec value (`schema_version`, `event_seq`) |
+//! | `conns` | connection id (16 bytes) | [`crate::model::ConnRecord`] |
+//! | `conns_by_user` | user id, 0, connectedAt (8), connection id | empty |
+//! | `conns_by_expiry` | expiresAt (8), connection id | empty |
+//! | `events` | event seq (8) | [`crate::model::StoredEvent`] |
+//! | `sessions` | session id | [`crate::model::SessionRecord`] |
+//! | `sessions_by_user` | user id, 0, session id | empty |
+//! | `replay` | connection id (16), seq (8) | [`crate::model::ReplayEntry`] |
+//!
+//! `conns` and `sessions` are the truth; the index trees are rebuilt from them at start-up, so
+//! a crash between two tree writes never leaves a wrong answer behind.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::codec;
+use crate::config::Config;
+use crate::durability::Flusher;
+
+/// Version of the tree layout above. A store with another version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {dir} is in use by another tether{pid} (lock file {lock}); stop it first or choose another --data-dir")]
+    Locked {
+        dir: String,
+        lock: String,
+        pid: String,
+    },
+    #[error("cannot use data directory {dir}: {source}")]
+    Dir { dir: String, source: std::io::Error },
+    #[error("cannot open the store in {dir}: {detail}")]
+    Open { dir: String, detail: String },
+    #[error("the store in {dir} has schema version {found}; this tether reads version {SCHEMA_VERSION}. Use the tether release that wrote it, or restore a backup")]
+    Schema { dir: String, found: u32 },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// Holds the exclusive lock on `<data_dir>/tether.lock` for as long as it lives.
+pub struct DirLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Creates the data directory if needed and takes its lock, writing our pid into the lock file.
+/// Fails at once (never waits) when another process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    let dir_err = |source| StoreError::Dir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    let path = dir.join("tether.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default();
+            return Err(StoreError::Locked {
+                dir: dir.display().to_string(),
+                lock: path.display().to_string(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+    }
+    file.set_len(0).map_err(dir_err)?;
+    write!(file, "{}", std::process::id()).map_err(dir_err)?;
+    Ok(DirLock { _file: file, path })
+}
+
+/// The path of the sled database inside a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+#[derive(Clone)]
+pub struct Trees {
+    pub db: sled::Db,
+    pub meta: sled::Tree,
+    pub conns: sled::Tree,
+    pub conns_by_user: sled::Tree,
+    pub conns_by_expiry: sled::Tree,
+    pub events: sled::Tree,
+    pub sessions: sled::Tree,
+    pub sessions_by_user: sled::Tree,
+    pub replay: sled::Tree,
+}
+
+impl Trees {
+    /// Opens (or creates) the store in `data_dir` and checks its schema version. The caller
+    /// holds the directory lock, or knows the directory is not served (inspect, backup).
+    pub fn open(data_dir: &Path, cache_capacity_bytes: u64) -> Result<Trees, StoreError> {
+        let path = db_path(data_dir);
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_capacity_bytes)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| StoreError::Open {
+                dir: data_dir.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        let trees = Trees {
+            meta: db.open_tree("meta")?,
+            conns: db.open_tree("conns")?,
+            conns_by_user: db.open_tree("conns_by_user")?,
+            conns_by_expiry: db.open_tree("conns_by_expiry")?,
+            events: db.open_tree("events")?,
+            sessions: db.open_tree("sessions")?,
+            sessions_by_user: db.open_tree("sessions_by_user")?,
+            replay: db.open_tree("replay")?,
+            db,
+        };
+        match trees.meta.get("schema_version")? {
+            Some(v) => {
+                let found: u32 = codec::decode(&v).map_err(|_| StoreError::Schema {
+                    dir: data_dir.display().to_string(),
+                    found: u32::MAX,
+                })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        dir: data_dir.display().to_string(),
+                        found,
+                    });
+                }
+            }
+            None => {
+                trees
+                    .meta
+                    .insert("schema_version", codec::encode(&SCHEMA_VERSION)?)?;
+            }
+        }
+        Ok(trees)
+    }
+
+    /// Sizes and counts, for `inspect` and `/v1/health`.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// The open store of a running server: the trees, the group-commit flusher, the lock.
+pub struct Store {
+    pub trees: Trees,
+    pub flusher: Flusher,
+    _lock: DirLock,
+}
+
+impl Store {
+    pub fn open(config: &Config, lock: DirLock) -> Result<Store, StoreError> {
+        let trees = Trees::open(&config.data_dir, config.cache_capacity_bytes)?;
+        let flusher = Flusher::start(trees.db.clone(), config.durability, config.flush_interval());
+        Ok(Store {
+            trees,
+            flusher,
+            _lock: lock,
+        })
+    }
+
+    /// Waits until earlier writes are durable (per the durability mode).
+    pub async fn commit(&self) -> Result<(), sled::Error> {
+        self.flusher.commit().await
+    }
+}
+
+/// Key helpers: big-endian so that sled's byte order is numeric order.
+pub mod keys {
+    use uuid::Uuid;
+
+    pub fn conn(id: &Uuid) -> [u8; 16] {
+        *id.as_bytes()
+    }
+
+    pub fn by_user(user: &str, connected_at: i64, id: &Uuid) -> Vec<u8> {
+        let mut k = Vec::with_capacity(user.len() + 25);
+        k.extend_from_slice(user.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&connected_at.to_be_bytes());
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    pub fn by_expiry(expires_at: i64, id: &Uuid) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..8].copy_from_slice(&expires_at.to_be_bytes());
+        k[8..].copy_from_slice(id.as_bytes());
+        k
+    }
+
+    pub fn replay(id: &Uuid, seq: u64) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..16].copy_from_slice(id.as_bytes());
+        k[16..].copy_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn user_prefix(user: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(user.len() + 1);
+        k.extend_from_slice(user.as_bytes());
+        k.push(0);
+        k
+    }
+
+    pub fn pair(a: &str, b: &str) -> Vec<u8> {
+        let mut k = user_prefix(a);
+        k.extend_from_slice(b.as_bytes());
+        k
+    }
+}
