@@ -1,0 +1,386 @@
+//! Test harness: the real `tether` binary on 127.0.0.1:0 with a temporary data directory,
+//! driven by real WebSocket and HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub args: Vec<String>,
+    pub jwt_secret: String,
+    pub admin_key: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server on a new temporary data directory with extra flags.
+    pub async fn start(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, args).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `dir` (which may hold an earlier server's store).
+    pub async fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr, log) = spawn(dir, &args)
+            .await
+            .unwrap_or_else(|e| panic!("server did not start: {e}"));
+        let secrets: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("secrets.toml")).unwrap()).unwrap();
+        let s = Server {
+            child: Some(child),
+            addr,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            args,
+            jwt_secret: secrets["jwt_secret"].as_str().unwrap().to_string(),
+            admin_key: secrets["admin_api_key"].as_str().unwrap().to_string(),
+            log,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/ready")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server not ready in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        if query.is_empty() {
+            format!("ws://{}/ws", self.addr)
+        } else {
+            format!("ws://{}/ws?{}", self.addr, query)
+        }
+    }
+
+    /// An HS256 JWT for `sub`, valid for an hour, with `extra` claims merged in.
+    pub fn token(&self, sub: &str, extra: Value) -> String {
+        let now = now_secs();
+        let mut claims = json!({"sub": sub, "iat": now, "exp": now + 3600});
+        if let (Value::Object(c), Value::Object(e)) = (&mut claims, extra) {
+            c.extend(e);
+        }
+        tether::auth::mint(
+            self.jwt_secret.as_bytes(),
+            tether::config::JwtAlgorithm::HS256,
+            &claims,
+        )
+        .unwrap()
+    }
+
+    /// Connects with `?token=` for `sub` and returns the socket and its welcome.
+    pub async fn connect(&self, sub: &str) -> (Ws, Value) {
+        let mut ws = self
+            .ws(&format!("token={}", self.token(sub, json!({}))))
+            .await;
+        let welcome = ws.recv_type("welcome").await;
+        (ws, welcome)
+    }
+
+    pub async fn ws(&self, query: &str) -> Ws {
+        Ws::connect(self.ws_url(query), &[]).await
+    }
+
+    pub async fn ws_with_headers(&self, query: &str, headers: &[(&str, &str)]) -> Ws {
+        Ws::connect(self.ws_url(query), headers).await
+    }
+
+    /// An HTTP request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        http()
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_key)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.admin(reqwest::Method::GET, path).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let r = self.admin(method, path).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(|c| c.id()).expect("running")
+    }
+
+    /// SIGKILL: nothing is flushed, nothing is closed.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = c.id()?;
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(15), c.wait())
+            .await
+            .expect("server did not stop")
+            .ok()?;
+        status.code()
+    }
+
+    /// Restarts on the same data directory with the same flags.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop().await;
+        }
+        let (child, addr, log) = spawn(&self.dir, &self.args).await.expect("restart");
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
+        self.wait_ready().await;
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+}
+
+/// Spawns `tether serve` on port 0 and reads the bound address from its log.
+pub async fn spawn(
+    dir: &Path,
+    args: &[String],
+) -> Result<(Child, SocketAddr, std::sync::Arc<std::sync::Mutex<String>>), String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                l = lines.next_line() => match l {
+                    Ok(Some(line)) => {
+                        log.lock().unwrap().push_str(&line);
+                        log.lock().unwrap().push('\n');
+                        if let Some(i) = line.find("listening on http://") {
+                            let rest = &line[i + "listening on http://".len()..];
+                            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
+                            return rest[..end].parse::<SocketAddr>().map_err(|e| e.to_string());
+                        }
+                    }
+                    _ => return Err(format!("server exited before listening:\n{}", log.lock().unwrap())),
+                },
+                l = err_lines.next_line() => if let Ok(Some(line)) = l {
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                },
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out waiting for the listen line".to_string())??;
+    let log2 = log.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                l = lines.next_line() => match l { Ok(Some(line)) => { let mut g = log2.lock().unwrap(); g.push_str(&line); g.push('\n'); } _ => break },
+                l = err_lines.next_line() => match l { Ok(Some(line)) => { let mut g = log2.lock().unwrap(); g.push_str(&line); g.push('\n'); } _ => break },
+            }
+        }
+    });
+    Ok((child, addr, log))
+}
+
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    /// The `disconnect` frame, once seen.
+    pub disconnect: Option<Value>,
+}
+
+/// How a socket ended, as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+    pub disconnect: Option<Value>,
+}
+
+impl Ws {
+    pub async fn connect(url: String, headers: &[(&str, &str)]) -> Ws {
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (inner, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        Ws {
+            inner,
+            disconnect: None,
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.inner.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.inner.send(m).await.unwrap();
+    }
+
+    /// The next JSON frame (pings are answered by tungstenite and skipped). Panics on close.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT)
+            .await
+            .expect("expected a frame, got none in time or a close")
+    }
+
+    /// The next JSON frame within `wait`, or None on timeout or close.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+                        if v["type"] == "disconnect" {
+                            self.disconnect = Some(v.clone());
+                        }
+                        return Some(v);
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The next frame of `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and the `disconnect` frame.
+    pub async fn closed(&mut self) -> Closed {
+        let r = tokio::time::timeout(WAIT, async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                        if v["type"] == "disconnect" {
+                            self.disconnect = Some(v);
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        return Closed {
+                            code: f.as_ref().map(|f| u16::from(f.code)),
+                            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                            disconnect: self.disconnect.clone(),
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                    None | Some(Err(_)) => {
+                        return Closed {
+                            code: None,
+                            reason: String::new(),
+                            disconnect: self.disconnect.clone(),
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        r.expect("server did not close the socket in time")
+    }
+
+    pub async fn close(&mut self) {
+        let _ = self.inner.close(None).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.inner.next().await {}
+        })
+        .await;
+    }
+}
