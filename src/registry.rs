@@ -719,6 +719,11 @@ impl Registry {
         n
     }
 
+    /// Holds every shard lock: no connection changes until the guards drop (backups).
+    pub fn freeze(&self) -> Vec<MutexGuard<'_, impl Sized>> {
+        self.shards.iter().map(lock).collect()
+    }
+
     /// Writes every record back (their lazy fields: lastActivity, rate-limit state).
     pub fn persist_all(&self) {
         for shard in self.shards.iter() {

@@ -46,6 +46,8 @@ impl Source {
 }
 
 pub struct Sessions {
+    /// Taken by every write, and by a backup to hold writes off while it copies.
+    write: std::sync::Mutex<()>,
     trees: Trees,
     bus: Arc<dyn Bus>,
     default_ttl_seconds: u64,
@@ -83,13 +85,20 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 impl Sessions {
     pub fn new(trees: Trees, bus: Arc<dyn Bus>, default_ttl_seconds: u64) -> Sessions {
         Sessions {
+            write: Default::default(),
             trees,
             bus,
             default_ttl_seconds,
         }
     }
 
+    /// Holds session writes off until the guard drops.
+    pub fn freeze(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn put(&self, s: &SessionRecord) -> Result<(), SessionError> {
+        let _w = self.freeze();
         self.trees
             .sessions
             .insert(s.id.as_bytes(), codec::encode(s)?)?;
@@ -198,6 +207,7 @@ impl Sessions {
     }
 
     fn remove(&self, s: &SessionRecord) -> Result<(), SessionError> {
+        let _w = self.freeze();
         self.trees.sessions.remove(s.id.as_bytes())?;
         self.trees
             .sessions_by_user

@@ -1,0 +1,435 @@
+//! Restart, resume, replay, durability and backup: the server process is really killed and
+//! restarted on the same data directory.
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, Ws};
+use serde_json::{json, Value};
+
+async fn message_user(server: &Server, user: &str, data: Value) -> Value {
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/v1/users/{user}/messages"),
+            json!({"data": data}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn resume_query(server: &Server, user: &str, welcome: &Value, last_seq: Option<u64>) -> String {
+    let mut q = format!(
+        "token={}&resume={}&resume_token={}",
+        server.token(user, json!({})),
+        welcome["connectionId"].as_str().unwrap(),
+        welcome["resumeToken"].as_str().unwrap()
+    );
+    if let Some(s) = last_seq {
+        q.push_str(&format!("&last_seq={s}"));
+    }
+    q
+}
+
+async fn kill9_finds_every_acknowledged_connection(mode: &str) {
+    let mut server = Server::start(&["--durability", mode, "--max-per-user", "1000"]).await;
+    let mut ids = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..60 {
+        let (ws, welcome) = server.connect(&format!("u{}", i % 7)).await;
+        ids.push(welcome["connectionId"].as_str().unwrap().to_string());
+        sockets.push(ws);
+    }
+    // The last welcome was just read: kill at once, before sled's own 500 ms flush.
+    server.kill9().await;
+    drop(sockets);
+    server.restart().await;
+    for id in &ids {
+        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+        assert_eq!(
+            status, 200,
+            "connection {id} acknowledged before kill -9 was lost in {mode} mode"
+        );
+        assert_eq!(info["state"], "detached");
+    }
+    let (_, health) = server.get_json("/v1/health").await;
+    assert_eq!(health["detachedConnections"], 60);
+}
+
+#[tokio::test]
+async fn kill9_in_batched_mode_loses_no_acknowledged_connection() {
+    kill9_finds_every_acknowledged_connection("batched").await;
+}
+
+#[tokio::test]
+async fn kill9_in_sync_mode_loses_no_acknowledged_connection() {
+    kill9_finds_every_acknowledged_connection("sync").await;
+}
+
+#[tokio::test]
+async fn resume_after_kill9_replays_what_was_missed_in_order() {
+    let mut server = Server::start(&[]).await;
+    let (mut ws, welcome) = server.connect("alice").await;
+    let old_id = welcome["connectionId"].as_str().unwrap().to_string();
+    let (_, before) = server.get_json(&format!("/v1/connections/{old_id}")).await;
+
+    message_user(&server, "alice", json!({"n": 1})).await;
+    let m1 = ws.recv_type("message").await;
+    assert_eq!(m1["seq"], 1);
+
+    server.kill9().await;
+    drop(ws);
+    server.restart().await;
+
+    // Sent while the client is away: kept for the Detached connection.
+    let sent = message_user(&server, "alice", json!({"n": 2})).await;
+    assert_eq!(sent["delivered"], 0);
+    message_user(&server, "alice", json!({"n": 3})).await;
+
+    let mut ws = server
+        .ws(&resume_query(&server, "alice", &welcome, Some(1)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(w["previousConnectionId"], old_id.as_str());
+    assert!(w["resumeError"].is_null());
+    let new_id = w["connectionId"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old_id);
+
+    let a = ws.recv_type("message").await;
+    let b = ws.recv_type("message").await;
+    assert_eq!(
+        (a["data"]["n"].clone(), a["seq"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(
+        (b["data"]["n"].clone(), b["seq"].clone()),
+        (json!(3), json!(3))
+    );
+    // Nothing replayed twice.
+    assert!(ws
+        .try_recv(Duration::from_millis(300))
+        .await
+        .is_none_or(|v| v["type"] != "message"));
+
+    // New messages continue the sequence.
+    message_user(&server, "alice", json!({"n": 4})).await;
+    assert_eq!(ws.recv_type("message").await["seq"], 4);
+
+    let (status, _) = server.get_json(&format!("/v1/connections/{old_id}")).await;
+    assert_eq!(status, 404, "the old id stops existing");
+    let (status, after) = server.get_json(&format!("/v1/connections/{new_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        after["connectedAt"], before["connectedAt"],
+        "connectedAt carries over"
+    );
+    assert_eq!(after["state"], "active");
+
+    let (_, events) = server
+        .get_json(&format!("/v1/events?connectionId={new_id}"))
+        .await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"resumed") && kinds.contains(&"migrated"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn resume_with_wrong_token_connects_fresh_with_a_reason() {
+    let mut server = Server::start(&[]).await;
+    let (ws, welcome) = server.connect("bob").await;
+    drop(ws);
+    server.kill9().await;
+    server.restart().await;
+    let q = format!(
+        "token={}&resume={}&resume_token=not-the-token",
+        server.token("bob", json!({})),
+        welcome["connectionId"].as_str().unwrap()
+    );
+    let mut ws = server.ws(&q).await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], false);
+    assert!(w["resumeError"].as_str().unwrap().contains("token"), "{w}");
+    assert_ne!(w["connectionId"], welcome["connectionId"]);
+    // The old one is untouched, still resumable with the right token.
+    let (status, _) = server
+        .get_json(&format!(
+            "/v1/connections/{}",
+            welcome["connectionId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn resume_after_the_grace_period_connects_fresh_and_logs_expired() {
+    let mut server = Server::start(&["--resume-grace-seconds", "1"]).await;
+    let (ws, welcome) = server.connect("carol").await;
+    let old = welcome["connectionId"].as_str().unwrap().to_string();
+    drop(ws);
+    server.kill9().await;
+    server.restart().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _) = server.get_json(&format!("/v1/connections/{old}")).await;
+    assert_eq!(
+        status, 404,
+        "a Detached connection is cleaned up after the grace period"
+    );
+    let (_, events) = server
+        .get_json(&format!("/v1/events?connectionId={old}&type=expired"))
+        .await;
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+
+    let mut ws = server
+        .ws(&resume_query(&server, "carol", &welcome, Some(0)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], false);
+    assert!(w["resumeError"].is_string());
+}
+
+#[tokio::test]
+async fn resume_of_another_users_connection_is_refused_and_leaves_it_alone() {
+    let mut server = Server::start(&[]).await;
+    let (ws, welcome) = server.connect("dave").await;
+    drop(ws);
+    server.kill9().await;
+    server.restart().await;
+    // eve knows dave's connection id and token, but her credential is hers.
+    let mut ws = server
+        .ws(&resume_query(&server, "eve", &welcome, None))
+        .await;
+    let closed = ws.closed().await;
+    assert_eq!(closed.code, Some(4501));
+    assert!(closed.disconnect.is_some());
+    let (status, info) = server
+        .get_json(&format!(
+            "/v1/connections/{}",
+            welcome["connectionId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["userId"], "dave");
+    // dave can still resume it.
+    let mut ws = server
+        .ws(&resume_query(&server, "dave", &welcome, None))
+        .await;
+    assert_eq!(ws.recv_type("welcome").await["resumed"], true);
+}
+
+#[tokio::test]
+async fn graceful_stop_sends_1001_and_the_client_resumes() {
+    let mut server = Server::start(&[]).await;
+    let (mut ws, welcome) = server.connect("frank").await;
+    let stopping = tokio::spawn(async move {
+        let c = ws.closed().await;
+        c
+    });
+    assert_eq!(server.stop().await, Some(0), "a graceful stop exits 0");
+    let closed = stopping.await.unwrap();
+    assert_eq!(closed.code, Some(1001));
+    assert_eq!(closed.disconnect.as_ref().unwrap()["reconnect"], true);
+
+    server.restart().await;
+    let mut ws = server
+        .ws(&resume_query(&server, "frank", &welcome, Some(0)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+}
+
+#[tokio::test]
+async fn resuming_a_half_dead_socket_closes_the_old_one_with_4507() {
+    let server = Server::start(&[]).await;
+    let (mut old, welcome) = server.connect("gina").await;
+    let mut new = server
+        .ws(&resume_query(&server, "gina", &welcome, Some(0)))
+        .await;
+    let w = new.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    let closed = old.closed().await;
+    assert_eq!(closed.code, Some(4507));
+    assert_eq!(closed.disconnect.unwrap()["reconnect"], false);
+    // The new socket works.
+    message_user(&server, "gina", json!("hi")).await;
+    assert_eq!(new.recv_type("message").await["data"], "hi");
+}
+
+#[tokio::test]
+async fn last_seq_older_than_the_buffer_says_messages_were_lost() {
+    let mut server = Server::start(&["--replay-buffer-messages", "2"]).await;
+    let (ws, welcome) = server.connect("hank").await;
+    drop(ws);
+    server.kill9().await;
+    server.restart().await;
+    for n in 1..=5 {
+        message_user(&server, "hank", json!({"n": n})).await;
+    }
+    let mut ws = server
+        .ws(&resume_query(&server, "hank", &welcome, Some(0)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    assert!(w["resumeError"].as_str().unwrap().contains("lost"), "{w}");
+    let a = ws.recv_type("message").await;
+    let b = ws.recv_type("message").await;
+    assert_eq!(
+        (a["seq"].clone(), b["seq"].clone()),
+        (json!(4), json!(5)),
+        "what is kept is sent"
+    );
+}
+
+#[tokio::test]
+async fn ack_drops_the_replay_buffer_up_to_seq() {
+    let server = Server::start(&[]).await;
+    let (mut ws, welcome) = server.connect("ivy").await;
+    for n in 1..=3 {
+        message_user(&server, "ivy", json!({"n": n})).await;
+        ws.recv_type("message").await;
+    }
+    ws.send(json!({"type": "ack", "seq": 2, "id": "a1"})).await;
+    assert_eq!(ws.recv_type("ack").await["id"], "a1");
+    // Resume without lastSeq replays what was not acknowledged: only seq 3.
+    let mut again = server
+        .ws(&resume_query(&server, "ivy", &welcome, None))
+        .await;
+    assert_eq!(again.recv_type("welcome").await["resumed"], true);
+    assert_eq!(again.recv_type("message").await["seq"], 3);
+}
+
+#[tokio::test]
+async fn backup_of_a_running_server_restores_into_a_new_directory() {
+    let mut server = Server::start(&[]).await;
+    let (ws, welcome) = server.connect("jill").await;
+    let (status, session) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            json!({"userId": "jill", "data": {"theme": "dark"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("snap.tbk");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["backup", "--out"])
+        .arg(&file)
+        .args([
+            "--server",
+            &format!("http://{}", server.addr),
+            "--api-key",
+            &server.admin_key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(ws);
+    server.kill9().await;
+
+    let restored = tmp.path().join("restored");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["restore", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Restoring over a non-empty directory is refused.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["restore", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let server2 = Server::start_in(&restored, &[]).await;
+    assert_eq!(server2.admin_key, server.admin_key, "secrets come along");
+    let sid = session["sessionId"].as_str().unwrap();
+    let (status, s) = server2.get_json(&format!("/v1/sessions/{sid}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(s["data"]["theme"], "dark");
+    let (status, c) = server2
+        .get_json(&format!(
+            "/v1/connections/{}",
+            welcome["connectionId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(c["state"], "detached");
+    // And the client resumes on the restored server.
+    let mut ws: Ws = server2
+        .ws(&resume_query(&server2, "jill", &welcome, Some(0)))
+        .await;
+    assert_eq!(ws.recv_type("welcome").await["resumed"], true);
+}
+
+#[tokio::test]
+async fn inspect_reports_a_stopped_directory_and_refuses_a_running_one() {
+    let mut server = Server::start(&[]).await;
+    let (_ws, _) = server.connect("kim").await;
+    let busy = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    server.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["connections"], 1);
+    assert_eq!(report["schemaVersion"], 1);
+}
+
+#[tokio::test]
+async fn a_store_with_an_unknown_schema_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    {
+        let trees = tether::store::Trees::open(&dir, 1 << 20).unwrap();
+        trees
+            .meta
+            .insert("schema_version", tether::codec::encode(&99u32).unwrap())
+            .unwrap();
+        trees.db.flush().unwrap();
+    }
+    let err = common::spawn(&dir, &[])
+        .await
+        .err()
+        .expect("the server must refuse the store");
+    assert!(err.contains("schema version 99"), "{err}");
+}
