@@ -429,7 +429,6 @@ async fn a_store_with_an_unknown_schema_version_is_refused() {
     }
     let err = common::spawn(&dir, &[])
         .await
-        .err()
-        .expect("the server must refuse the store");
+        .expect_err("the server must refuse the store");
     assert!(err.contains("schema version 99"), "{err}");
 }
