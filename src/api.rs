@@ -158,6 +158,20 @@ fn opt_u64(m: &Map<String, Value>, key: &str, min: u64) -> Result<Option<u64>> {
     }
 }
 
+/// The longest TTL an API call may set: the same bound `ttl_seconds` has in the config.
+/// Larger values would overflow the millisecond clock and land in the past.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// A TTL in seconds: 1 to [`MAX_TTL_SECONDS`] (422 otherwise).
+fn opt_ttl(m: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    match opt_u64(m, key, 1)? {
+        Some(v) if v > MAX_TTL_SECONDS => Err(ApiError::invalid(format!(
+            "`{key}` must be a whole number from 1 to {MAX_TTL_SECONDS}"
+        ))),
+        v => Ok(v),
+    }
+}
+
 fn opt_string(m: &Map<String, Value>, key: &str) -> Result<Option<String>> {
     match m.get(key) {
         None => Ok(None),
@@ -235,6 +249,9 @@ where
         .trim_start_matches('/')
         .split('/')
         .map(|s| {
+            // Percent-decoded as a path segment, not a form field: `+` and `&` are plain
+            // characters here (`bob+1@example.com` is a user id, not "bob 1@example.com").
+            let s = s.replace('+', "%2B").replace('&', "%26");
             crate::transport::query_pairs(Some(&format!("x={s}")))
                 .pop()
                 .map(|(_, v)| v)
@@ -364,7 +381,7 @@ where
             let id = conn_id(id)?;
             let b = object(&read_body(app, body).await?)?;
             only(&b, &["ttlSeconds"])?;
-            let ttl = opt_u64(&b, "ttlSeconds", 1)?
+            let ttl = opt_ttl(&b, "ttlSeconds")?
                 .ok_or_else(|| ApiError::bad_request("`ttlSeconds` is required"))?;
             let info = reg.extend_ttl(&id, ttl).ok_or_else(|| unknown_conn(&id))?;
             app.store.commit().await?;
@@ -498,7 +515,7 @@ where
             if user.is_empty() || user.contains('\0') {
                 return Err(ApiError::invalid("`userId` must be a non-empty string"));
             }
-            let ttl = opt_u64(&b, "ttlSeconds", 1)?;
+            let ttl = opt_ttl(&b, "ttlSeconds")?;
             let data = match b.get("data") {
                 None | Some(Value::Null) => json!({}),
                 Some(v @ Value::Object(_)) => v.clone(),
@@ -533,7 +550,7 @@ where
                 Some(v @ Value::Object(_)) => Some(v.clone()),
                 Some(_) => return Err(ApiError::bad_request("`data` must be an object")),
             };
-            let ttl = opt_u64(&b, "ttlSeconds", 1)?;
+            let ttl = opt_ttl(&b, "ttlSeconds")?;
             let s = app
                 .sessions
                 .update(sid, data.as_ref(), ttl, Source::Http, None)
@@ -568,12 +585,15 @@ where
         }
         (Method::DELETE, ["users", user, "sessions"]) => {
             authorize(app, req, sessions_perm)?;
-            let sessions = app.sessions.delete_user(user).map_err(session_error)?;
+            // Connections first: deleting the sessions publishes `session:deleted`, and the
+            // reactor would race us to close the session-linked ones, so `connections`
+            // would count only what it had not reached yet.
             let connections = reg.disconnect_user(
                 user,
                 Disconnect::session_ended("logged out everywhere"),
                 EventType::Disconnected,
             );
+            let sessions = app.sessions.delete_user(user).map_err(session_error)?;
             app.store.commit().await?;
             Ok(json_reply(
                 StatusCode::OK,
@@ -815,4 +835,29 @@ fn render_metrics(app: &App) -> String {
             vec![(String::new(), app.store.trees.size_on_disk() as f64)],
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, MemoryBus};
+
+    /// `/v1/bus` tells a subscriber that fell behind how much it missed, then goes on.
+    #[tokio::test]
+    async fn a_lagging_bus_stream_gets_a_lagged_event_and_goes_on() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(2));
+        let mut events = tokio_stream_from(bus.subscribe(Channel::SessionCreated), bus.clone());
+        for n in 0..5 {
+            bus.publish(Channel::SessionCreated, json!({"n": n}));
+        }
+        let first = events.next().await.unwrap().to_string();
+        assert!(first.contains("event:lagged"), "{first}");
+        assert!(first.contains(r#"{"missed":3}"#), "{first}");
+        assert_eq!(bus.lagged(), 3);
+        for n in 3..5 {
+            let e = events.next().await.unwrap().to_string();
+            assert!(e.contains("event:session:created"), "{e}");
+            assert!(e.contains(&format!(r#"{{"n":{n}}}"#)), "{e}");
+        }
+    }
 }

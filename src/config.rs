@@ -378,7 +378,7 @@ pub struct ConfigArgs {
         help_heading = "Server"
     )]
     pub data_dir: Option<PathBuf>,
-    /// Trust X-Forwarded-For / X-Real-IP for the client address (behind a proxy only) [default: false]
+    /// Take the client address from the first X-Forwarded-For hop (behind a proxy only) [default: false]
     #[arg(long, env = "TETHER_TRUST_PROXY", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", help_heading = "Server")]
     pub trust_proxy: Option<String>,
@@ -471,7 +471,7 @@ pub struct ConfigArgs {
     )]
     pub auth_timeout_ms: Option<String>,
 
-    /// Most live connections per user; more are refused [default: 10]
+    /// Most connections per user; a new one evicts the oldest (4505) [default: 10]
     #[arg(
         long,
         env = "TETHER_MAX_PER_USER",

@@ -13,7 +13,9 @@ use crate::time::now_ms;
 
 pub struct EventLog {
     tree: sled::Tree,
-    next: AtomicU64,
+    /// The next seq. Taken with the timestamp under one lock, so seq order is time order
+    /// (`query` relies on it to stop at `since`).
+    next: std::sync::Mutex<u64>,
     oldest: AtomicU64,
     max: u64,
     bus: Arc<dyn Bus>,
@@ -38,7 +40,7 @@ impl EventLog {
         let first = seq_of(tree.first().ok().flatten()).unwrap_or(last + 1);
         EventLog {
             tree,
-            next: AtomicU64::new(last + 1),
+            next: std::sync::Mutex::new(last + 1),
             oldest: AtomicU64::new(first),
             max: max as u64,
             bus,
@@ -49,13 +51,18 @@ impl EventLog {
     /// `connection:events`. A store failure is logged, never returned: losing a log line must
     /// not fail a connection.
     pub fn log(&self, connection_id: Uuid, user_id: &str, event_type: EventType, details: Value) {
-        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let (seq, timestamp) = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = *next;
+            *next += 1;
+            (seq, now_ms())
+        };
         let ev = StoredEvent {
             seq,
             connection_id,
             user_id: user_id.to_string(),
             event_type,
-            timestamp: now_ms(),
+            timestamp,
             details_json: details.to_string(),
         };
         match codec::encode(&ev) {

@@ -592,10 +592,10 @@ impl Registry {
         }
     }
 
-    /// Attaches the socket and makes the connection Active: queues `welcome` (built from the
-    /// record under the lock, so its `seq` is exact) and then every kept frame after
-    /// `replay_after`, before anything new can be queued. Returns false if the connection
-    /// was removed meanwhile (evicted by a newer one, say).
+    /// Attaches the socket and makes the connection Active (logged as `connected`): queues
+    /// `welcome` (built from the record under the lock, so its `seq` is exact) and then every
+    /// kept frame after `replay_after`, before anything new can be queued. Returns false if
+    /// the connection was removed meanwhile (evicted by a newer one, say).
     pub fn activate(
         &self,
         id: &Uuid,
@@ -607,6 +607,12 @@ impl Registry {
             let entry = shard.conns.get_mut(id).expect("checked");
             entry.state = ConnState::Active;
             entry.live = Some(live.clone());
+            self.events.log(
+                *id,
+                &entry.rec.user.id,
+                EventType::Connected,
+                json!({"connectionType": entry.rec.meta.connection_type.as_str()}),
+            );
             live.outbox.push_text(welcome(&entry.rec));
             let start = keys::replay(id, replay_after.saturating_add(1));
             let end = keys::replay(id, u64::MAX);
