@@ -260,7 +260,7 @@ pub struct Config {
     pub flush_interval_ms: Option<u64>,
     /// sled's page cache.
     pub cache_capacity_bytes: u64,
-    /// Take the client address from `X-Forwarded-For` / `X-Real-IP`.
+    /// Take the client address from the first `X-Forwarded-For` hop.
     pub trust_proxy: bool,
     pub log_format: LogFormat,
     /// Used when `RUST_LOG` is unset; `None` means `info`.

@@ -385,7 +385,14 @@ impl Registry {
             }
         }
 
-        if resumed_from.is_none() && self.attached.load(Ordering::Relaxed) >= self.limits.max_total
+        // Reserve the slot now (compare-and-swap), so concurrent connects on other shards
+        // cannot both take the last one; `insert_locked` counts it again, undone below.
+        let max = self.limits.max_total;
+        if resumed_from.is_none()
+            && self
+                .attached
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+                .is_err()
         {
             return Err(Disconnect::server_full());
         }
@@ -477,6 +484,7 @@ impl Registry {
                 live: None,
             },
         );
+        self.attached.fetch_sub(1, Ordering::SeqCst);
         Ok(Registered {
             id,
             resume_token: token,

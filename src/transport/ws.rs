@@ -213,14 +213,16 @@ async fn first_frame_auth(
     let frame = tokio::time::timeout(timeout, async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Text(t))) => return Ok(Some(t)),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return None,
+                // max_message_bytes holds before authentication too (SPEC §3: 1009).
+                Some(Err(tungstenite::Error::Capacity(_))) => return Err(Disconnect::too_large()),
+                _ => return Ok(None),
             }
         }
     })
     .await
-    .map_err(|_| Disconnect::auth_timeout())?;
+    .map_err(|_| Disconnect::auth_timeout())??;
     let Some(text) = frame else {
         return Err(Disconnect::unauthorized("expected an auth frame"));
     };
@@ -518,7 +520,9 @@ impl<'a> ConnTask<'a> {
         true
     }
 
-    fn bad_frame(&self, now: Millis, message: &str) {
+    /// Counts a bad frame and answers it with `bad_frame`, echoing the frame's `id` when it
+    /// had one; the 11th in a minute closes with 4509.
+    fn bad_frame(&self, now: Millis, message: &str, id: Option<&Value>) {
         Metrics::inc(&self.app.metrics.bad_frames);
         if now - self.bad_start.get() >= 60_000 {
             self.bad_start.set(now);
@@ -529,7 +533,7 @@ impl<'a> ConnTask<'a> {
         if n > MAX_BAD_FRAMES {
             self.close(Disconnect::protocol_abuse());
         } else {
-            self.error("bad_frame", message, None);
+            self.error("bad_frame", message, id);
         }
     }
 
@@ -564,6 +568,7 @@ impl<'a> ConnTask<'a> {
                         self.bad_frame(
                             now,
                             "binary frames are not part of the protocol; send JSON text",
+                            None,
                         );
                     }
                 }
@@ -578,7 +583,7 @@ impl<'a> ConnTask<'a> {
             Ok(f) => f,
             Err(_) => {
                 if self.admit(now, None) {
-                    self.bad_frame(now, "not a JSON object with a string `type`");
+                    self.bad_frame(now, "not a JSON object with a string `type`", None);
                 }
                 return;
             }
@@ -599,19 +604,19 @@ impl<'a> ConnTask<'a> {
                     self.app.registry.ack(&self.live.id(), seq);
                     ack(id);
                 }
-                None => self.bad_frame(now, "ack needs a numeric `seq`"),
+                None => self.bad_frame(now, "ack needs a numeric `seq`", id),
             },
             "refresh" => self.refresh(frame.token.as_deref(), id),
             "session.update" => match frame.updates {
                 Some(updates @ Value::Object(_)) => self.session_update(&updates, id),
-                _ => self.bad_frame(now, "session.update needs an `updates` object"),
+                _ => self.bad_frame(now, "session.update needs an `updates` object", id),
             },
             "auth" => self.error(
                 "already_authenticated",
                 "this connection is already authenticated",
                 id,
             ),
-            _ => self.bad_frame(now, "unknown frame type"),
+            _ => self.bad_frame(now, "unknown frame type", id),
         }
     }
 

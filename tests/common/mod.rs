@@ -384,3 +384,247 @@ impl Ws {
         .await;
     }
 }
+
+impl Ws {
+    /// Every JSON frame until the server closes, and how it closed. For asserting what a
+    /// refused or closed client saw, in order (e.g. `disconnect` first and no `welcome`).
+    pub async fn frames_until_close(&mut self) -> (Vec<Value>, Closed) {
+        let mut frames = Vec::new();
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+                        if v["type"] == "disconnect" {
+                            self.disconnect = Some(v.clone());
+                        }
+                        frames.push(v);
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        // Read on once, as a real client does: that sends tungstenite's
+                        // close reply, so the server can finish at once.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), self.inner.next()).await;
+                        break Closed {
+                            code: f.as_ref().map(|f| u16::from(f.code)),
+                            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                            disconnect: self.disconnect.clone(),
+                        };
+                    }
+                    Some(Ok(_)) => continue,
+                    None | Some(Err(_)) => {
+                        break Closed {
+                            code: None,
+                            reason: String::new(),
+                            disconnect: self.disconnect.clone(),
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("server did not close the socket in time");
+        (frames, closed)
+    }
+}
+
+// ----- SSE (added for tests/sse.rs and tests/sessions.rs) ------------------------------
+
+/// One Server-Sent Event as parsed from the wire.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The `data:` as JSON (panics if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
+    }
+}
+
+/// What the next read of an SSE stream found.
+#[derive(Debug, Clone)]
+pub enum SseItem {
+    Event(SseEvent),
+    /// A `:` comment line (the text after the colon).
+    Comment(String),
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A `text/event-stream` read through reqwest's streaming body, parsed line by line.
+pub struct Sse {
+    stream: ByteStream,
+    buf: Vec<u8>,
+    pending: SseEvent,
+    has_field: bool,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// A client without an overall timeout (an event stream outlives [`WAIT`]); reads time out
+/// one by one instead.
+pub fn streaming_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+impl Sse {
+    /// Sends `req` and returns the stream, or the status and body if it is not a 200.
+    pub async fn open(req: reqwest::RequestBuilder) -> Result<Sse, (u16, Value)> {
+        let r = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("SSE request timed out")
+            .expect("SSE request failed");
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err((status, r.json().await.unwrap_or(Value::Null)));
+        }
+        let headers = r.headers().clone();
+        Ok(Sse {
+            stream: Box::pin(r.bytes_stream()),
+            buf: Vec::new(),
+            pending: SseEvent::default(),
+            has_field: false,
+            headers,
+        })
+    }
+
+    /// The next event or comment within `wait`; None on timeout or end of stream.
+    pub async fn next_item(&mut self, wait: Duration) -> Option<SseItem> {
+        tokio::time::timeout(wait, async {
+            loop {
+                while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                    let line = String::from_utf8(line).expect("SSE is UTF-8");
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    if line.is_empty() {
+                        if self.has_field {
+                            self.has_field = false;
+                            return Some(SseItem::Event(std::mem::take(&mut self.pending)));
+                        }
+                        continue;
+                    }
+                    if let Some(c) = line.strip_prefix(':') {
+                        return Some(SseItem::Comment(c.trim_start().to_string()));
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    self.has_field = true;
+                    match field {
+                        "event" => self.pending.event = value.to_string(),
+                        "id" => self.pending.id = Some(value.to_string()),
+                        "data" => {
+                            if !self.pending.data.is_empty() {
+                                self.pending.data.push('\n');
+                            }
+                            self.pending.data.push_str(value);
+                        }
+                        _ => {}
+                    }
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The next event (comments skipped) within `wait`; None on timeout or end of stream.
+    pub async fn try_event(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_item(left).await? {
+                SseItem::Event(e) => return Some(e),
+                SseItem::Comment(_) => continue,
+            }
+        }
+    }
+
+    /// The next event; panics if none comes within [`WAIT`].
+    pub async fn event(&mut self) -> SseEvent {
+        self.try_event(WAIT)
+            .await
+            .expect("expected an SSE event, got none in time or the stream ended")
+    }
+
+    /// The next event named `kind`, skipping others.
+    pub async fn event_named(&mut self, kind: &str) -> SseEvent {
+        loop {
+            let e = self.event().await;
+            if e.event == kind {
+                return e;
+            }
+        }
+    }
+
+    /// Reads until the stream ends; returns the events seen on the way.
+    pub async fn ended(&mut self) -> Vec<SseEvent> {
+        let mut seen = Vec::new();
+        let r = tokio::time::timeout(WAIT, async {
+            while let Some(item) = self.next_item(WAIT).await {
+                if let SseItem::Event(e) = item {
+                    seen.push(e);
+                }
+            }
+        })
+        .await;
+        assert!(
+            r.is_ok(),
+            "the SSE stream did not end in time; saw {seen:?}"
+        );
+        seen
+    }
+}
+
+impl Server {
+    /// `GET /sse?{query}` with extra headers (no API key).
+    pub async fn sse(&self, query: &str, headers: &[(&str, &str)]) -> Result<Sse, (u16, Value)> {
+        let url = if query.is_empty() {
+            self.url("/sse")
+        } else {
+            self.url(&format!("/sse?{query}"))
+        };
+        let mut req = streaming_http().get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Sse::open(req).await
+    }
+
+    /// `GET /v1/bus?channels=…` with the admin key.
+    pub async fn bus(&self, channels: &str) -> Sse {
+        let path = if channels.is_empty() {
+            "/v1/bus".to_string()
+        } else {
+            format!("/v1/bus?channels={channels}")
+        };
+        let req = streaming_http()
+            .get(self.url(&path))
+            .bearer_auth(&self.admin_key);
+        match Sse::open(req).await {
+            Ok(s) => s,
+            Err((status, body)) => panic!("GET {path}: {status} {body}"),
+        }
+    }
+
+    /// `POST /v1/sessions` with `body`; returns the created session.
+    pub async fn create_session(&self, body: Value) -> Value {
+        let (status, s) = self
+            .send_json(reqwest::Method::POST, "/v1/sessions", body)
+            .await;
+        assert_eq!(status, 201, "create session: {s}");
+        s
+    }
+}
