@@ -115,3 +115,52 @@ impl Bus for MemoryBus {
         self.lagged.fetch_add(missed, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_and_recovers_without_blocking_publishers() {
+        let bus = MemoryBus::new(4);
+        // Nobody listening is fine.
+        bus.publish(Channel::SessionUpdates, json!({"n": -1}));
+        let mut slow = bus.subscribe(Channel::SessionUpdates);
+        let mut other = bus.subscribe(Channel::SessionDeleted);
+        assert!(bus.has_subscribers(Channel::SessionUpdates));
+        assert!(!bus.has_subscribers(Channel::SessionCreated));
+        // Ten publishes into room for four: none of them waits for the reader.
+        for n in 0..10 {
+            bus.publish(Channel::SessionUpdates, json!({"n": n}));
+        }
+        assert_eq!(bus.published(Channel::SessionUpdates), 11);
+        match slow.recv().await {
+            Err(RecvError::Lagged(missed)) => {
+                assert_eq!(missed, 6);
+                bus.record_lag(missed);
+            }
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        assert_eq!(bus.lagged(), 6);
+        // Then it goes on with the newest kept events, in order.
+        for n in 6..10 {
+            let e = slow.recv().await.unwrap();
+            assert_eq!(e.channel, Channel::SessionUpdates);
+            assert_eq!(e.payload["n"], n);
+        }
+        bus.publish(Channel::SessionUpdates, json!({"n": 10}));
+        assert_eq!(slow.recv().await.unwrap().payload["n"], 10);
+        // Channels are separate.
+        assert!(matches!(other.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[test]
+    fn channel_names_round_trip() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(c.name()), Some(c));
+        }
+        assert_eq!(Channel::parse("session:nope"), None);
+    }
+}

@@ -75,7 +75,8 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    conns: HashMap<Uuid, Entry>,
+    /// Boxed: a map's slack (it grows by doubling) then costs a pointer, not a record.
+    conns: HashMap<Uuid, Box<Entry>>,
     /// Connection ids of each user, oldest first.
     users: HashMap<String, Vec<Uuid>>,
 }
@@ -296,12 +297,12 @@ impl Registry {
             })
             .unwrap_or(list.len());
         list.insert(pos, id);
-        shard.conns.insert(id, entry);
+        shard.conns.insert(id, Box::new(entry));
         self.set_location(id, Some(shard_idx));
     }
 
     fn remove_locked(&self, shard: &mut Shard, id: &Uuid) -> Option<Entry> {
-        let entry = shard.conns.remove(id)?;
+        let entry = *shard.conns.remove(id)?;
         if let Some(list) = shard.users.get_mut(&entry.rec.user.id) {
             list.retain(|c| c != id);
             if list.is_empty() {
@@ -391,7 +392,9 @@ impl Registry {
         if resumed_from.is_none()
             && self
                 .attached
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                })
                 .is_err()
         {
             return Err(Disconnect::server_full());

@@ -6,7 +6,7 @@
 //! events into `session.updated` frames and 4503 closes, so a networked bus can replace the
 //! in-process one without touching either side.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{json, Map, Value};
 
@@ -51,7 +51,15 @@ pub struct Sessions {
     trees: Trees,
     bus: Arc<dyn Bus>,
     default_ttl_seconds: u64,
+    /// Writers of one session take its stripe (before `write`). An update is
+    /// read-merge-write, so two at once (a PATCH and a `session.update`, say) would lose
+    /// one of them, and an update racing a delete or the sweeper could put a removed
+    /// session back. Publishing under the stripe also puts a session's bus events in the
+    /// order of its writes. Std mutexes: nothing awaits inside.
+    stripes: Box<[Mutex<()>]>,
 }
+
+const STRIPES: usize = 64;
 
 /// A new session id: 192 random bits, URL-safe.
 pub fn new_session_id() -> String {
@@ -89,7 +97,18 @@ impl Sessions {
             trees,
             bus,
             default_ttl_seconds,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
+        // FNV-1a over the id: stable and enough to spread random ids.
+        let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.stripes[h as usize % STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Holds session writes off until the guard drops.
@@ -186,6 +205,7 @@ impl Sessions {
         source: Source,
         connection: Option<String>,
     ) -> Result<SessionRecord, SessionError> {
+        let _write = self.stripe(id);
         let mut s = self.get(id).ok_or(SessionError::Unknown)?;
         let now = now_ms();
         if let Some(patch) = data {
@@ -217,6 +237,7 @@ impl Sessions {
 
     /// Deletes the session and publishes `session:deleted`.
     pub fn delete(&self, id: &str) -> Result<SessionRecord, SessionError> {
+        let _write = self.stripe(id);
         let s = self.get(id).ok_or(SessionError::Unknown)?;
         self.remove(&s)?;
         self.bus.publish(
@@ -244,6 +265,9 @@ impl Sessions {
     pub fn delete_user(&self, user: &str) -> Result<usize, SessionError> {
         let mut n = 0;
         for s in self.list_user(user) {
+            let _write = self.stripe(&s.id);
+            // Gone meanwhile (deleted or swept): that one has been published already.
+            let Some(s) = self.get(&s.id) else { continue };
             self.remove(&s)?;
             self.bus.publish(
                 Channel::SessionDeleted,
@@ -261,6 +285,22 @@ impl Sessions {
         for item in self.trees.sessions.iter() {
             let Ok((_, v)) = item else { continue };
             let Ok(s) = codec::decode::<SessionRecord>(&v) else {
+                continue;
+            };
+            if s.expires_at > now {
+                continue;
+            }
+            // Read again under the stripe: an update may have extended it, or a delete
+            // removed it, since the scan saw it.
+            let _write = self.stripe(&s.id);
+            let Some(s) = self
+                .trees
+                .sessions
+                .get(s.id.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| codec::decode::<SessionRecord>(&v).ok())
+            else {
                 continue;
             };
             if s.expires_at <= now && self.remove(&s).is_ok() {

@@ -105,7 +105,7 @@ pub async fn handle(app: Arc<App>, req: &Req) -> Response {
                         .collect();
                 }
                 Next::Close(d) => {
-                    st.app.metrics.disconnect(d.code);
+                    // `finish` counts the close code in the metrics (once).
                     st.pending = vec![warp::sse::Event::default()
                         .event("disconnect")
                         .data(d.frame())];

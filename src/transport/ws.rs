@@ -44,9 +44,10 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 type Sink = SplitSink<Socket, Message>;
 type Stream = SplitStream<Socket>;
 
-/// Read buffer per socket. Frames larger than this are still read whole (the buffer grows
-/// for them); small frames are the common case.
-const READ_BUFFER: usize = 4096;
+/// Read buffer per socket, allocated up front by tungstenite. Client frames are small
+/// (ping, ack, refresh, session.update); a larger one is still read whole, the buffer
+/// growing for it. 1 KiB instead of 4 KiB measured 3 KiB less RSS per idle connection.
+const READ_BUFFER: usize = 1024;
 /// How long a closing socket waits for the client's close frame before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Bad frames allowed per minute before 4509.

@@ -1,0 +1,910 @@
+//! One task per WebSocket connection, and a `Pool` of them in this process.
+//!
+//! Every held connection has a task that keeps reading (so that tungstenite
+//! answers the server's pings), records what it sees into the pool's shared
+//! `Stats`, and obeys the pool's command (hold / close / resume).
+
+use crate::util::{self, now_ns, pct, R};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How a connection authenticates.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Token(String),
+    Session(String),
+}
+
+/// What the pool asks its connections to do.
+#[derive(Clone, Debug)]
+pub enum Cmd {
+    Hold,
+    /// Clean close (1000) of every connection; tasks end.
+    Close,
+    /// Connections whose socket is gone reconnect with resume parameters.
+    Resume {
+        gen: u32,
+        addr: SocketAddr,
+        at_ns: u64,
+    },
+}
+
+/// One connection to open.
+#[derive(Clone, Debug)]
+pub struct ConnSpec {
+    pub idx: usize,
+    pub auth: Auth,
+    /// Close cleanly by itself this long after the welcome (churn).
+    pub close_after: Option<Duration>,
+}
+
+/// Settings shared by every connection of a pool.
+#[derive(Clone, Debug)]
+pub struct ConnParams {
+    pub addr: SocketAddr,
+    /// Source address to bind before connecting (workers use 127.0.0.2, ...).
+    pub bind_ip: Option<IpAddr>,
+    /// Deadline for TCP connect + upgrade + welcome.
+    pub connect_timeout: Duration,
+    /// On resume, send the highest seq received as last_seq (else the welcome's).
+    pub resume_from_received: bool,
+}
+
+/// A frame handed to a scenario that watches frames itself (session-sync).
+pub struct Tap {
+    pub idx: usize,
+    pub frame: Value,
+    pub at_ns: u64,
+}
+
+/// Counters of a pool (or, merged, of a whole fleet). Serialized by workers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Counts {
+    pub attempts: u64,
+    pub opened: u64,
+    pub failed: u64,
+    pub open_now: i64,
+    pub finished: u64,
+    pub messages: u64,
+    pub session_updates: u64,
+    pub server_closed: u64,
+    pub clean_closed: u64,
+    pub unclean_closed: u64,
+    pub resume_attempts: u64,
+    pub resumed: u64,
+    pub fresh: u64,
+    pub resume_failed: u64,
+    pub recovered: u64,
+    pub expected_recovered: u64,
+    pub first_attempt_ns: u64,
+    pub last_open_ns: u64,
+    pub first_frame_ns: u64,
+    pub last_frame_ns: u64,
+    pub last_reconnect_ns: u64,
+    pub last_resumed_ns: u64,
+}
+
+impl Counts {
+    pub fn merge(&mut self, o: &Counts) {
+        self.attempts += o.attempts;
+        self.opened += o.opened;
+        self.failed += o.failed;
+        self.open_now += o.open_now;
+        self.finished += o.finished;
+        self.messages += o.messages;
+        self.session_updates += o.session_updates;
+        self.server_closed += o.server_closed;
+        self.clean_closed += o.clean_closed;
+        self.unclean_closed += o.unclean_closed;
+        self.resume_attempts += o.resume_attempts;
+        self.resumed += o.resumed;
+        self.fresh += o.fresh;
+        self.resume_failed += o.resume_failed;
+        self.recovered += o.recovered;
+        self.expected_recovered += o.expected_recovered;
+        self.first_attempt_ns = min_set(self.first_attempt_ns, o.first_attempt_ns);
+        self.first_frame_ns = min_set(self.first_frame_ns, o.first_frame_ns);
+        self.last_open_ns = self.last_open_ns.max(o.last_open_ns);
+        self.last_frame_ns = self.last_frame_ns.max(o.last_frame_ns);
+        self.last_reconnect_ns = self.last_reconnect_ns.max(o.last_reconnect_ns);
+        self.last_resumed_ns = self.last_resumed_ns.max(o.last_resumed_ns);
+    }
+
+    /// Initial connection attempts that have an outcome.
+    pub fn open_done(&self) -> u64 {
+        self.opened + self.failed
+    }
+
+    /// Reconnections after a resume command that have an outcome.
+    pub fn resume_done(&self) -> u64 {
+        self.resumed + self.fresh + self.resume_failed
+    }
+}
+
+/// 0 means "not set" for the *_ns minimums.
+fn min_set(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    }
+}
+
+/// Everything a pool measured, in the form a worker sends it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct WireReport {
+    pub counts: Counts,
+    pub welcome: String,
+    pub tcp: String,
+    pub delivery: String,
+    pub resume: String,
+    pub resume_tcp: String,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Merged measurements.
+pub struct Report {
+    pub counts: Counts,
+    /// Connect start to welcome, microseconds.
+    pub welcome: Histogram<u64>,
+    /// TCP connect alone (SYN to established), microseconds.
+    pub tcp: Histogram<u64>,
+    /// `message` frames carrying `data.t`: now - t, microseconds.
+    pub delivery: Histogram<u64>,
+    /// Resume command to resumed welcome, microseconds.
+    pub resume: Histogram<u64>,
+    /// TCP connect alone of the resuming connections, microseconds.
+    pub resume_tcp: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub fn empty() -> Report {
+        Report {
+            counts: Counts::default(),
+            welcome: util::new_hist(),
+            tcp: util::new_hist(),
+            delivery: util::new_hist(),
+            resume: util::new_hist(),
+            resume_tcp: util::new_hist(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    pub fn merge_wire(&mut self, w: &WireReport) -> R<()> {
+        self.counts.merge(&w.counts);
+        for (h, s) in [
+            (&mut self.welcome, &w.welcome),
+            (&mut self.tcp, &w.tcp),
+            (&mut self.delivery, &w.delivery),
+            (&mut self.resume, &w.resume),
+            (&mut self.resume_tcp, &w.resume_tcp),
+        ] {
+            h.add(util::hist_from_b64(s)?)
+                .map_err(|e| format!("merging histograms: {e:?}"))?;
+        }
+        for (k, v) in &w.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        Ok(())
+    }
+}
+
+/// Shared, lock-light measurement state of one pool.
+pub struct Stats {
+    attempts: AtomicU64,
+    opened: AtomicU64,
+    failed: AtomicU64,
+    open_now: AtomicI64,
+    finished: AtomicU64,
+    messages: AtomicU64,
+    session_updates: AtomicU64,
+    server_closed: AtomicU64,
+    clean_closed: AtomicU64,
+    unclean_closed: AtomicU64,
+    resume_attempts: AtomicU64,
+    resumed: AtomicU64,
+    fresh: AtomicU64,
+    resume_failed: AtomicU64,
+    recovered: AtomicU64,
+    expected_recovered: AtomicU64,
+    first_attempt_ns: AtomicU64,
+    last_open_ns: AtomicU64,
+    first_frame_ns: AtomicU64,
+    last_frame_ns: AtomicU64,
+    last_reconnect_ns: AtomicU64,
+    last_resumed_ns: AtomicU64,
+    welcome: Mutex<Histogram<u64>>,
+    tcp: Mutex<Histogram<u64>>,
+    delivery: Mutex<Histogram<u64>>,
+    resume: Mutex<Histogram<u64>>,
+    resume_tcp: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            attempts: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            open_now: AtomicI64::new(0),
+            finished: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            session_updates: AtomicU64::new(0),
+            server_closed: AtomicU64::new(0),
+            clean_closed: AtomicU64::new(0),
+            unclean_closed: AtomicU64::new(0),
+            resume_attempts: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            fresh: AtomicU64::new(0),
+            resume_failed: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            expected_recovered: AtomicU64::new(0),
+            first_attempt_ns: AtomicU64::new(u64::MAX),
+            last_open_ns: AtomicU64::new(0),
+            first_frame_ns: AtomicU64::new(u64::MAX),
+            last_frame_ns: AtomicU64::new(0),
+            last_reconnect_ns: AtomicU64::new(0),
+            last_resumed_ns: AtomicU64::new(0),
+            welcome: Mutex::new(util::new_hist()),
+            tcp: Mutex::new(util::new_hist()),
+            delivery: Mutex::new(util::new_hist()),
+            resume: Mutex::new(util::new_hist()),
+            resume_tcp: Mutex::new(util::new_hist()),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn error(&self, key: impl Into<String>) {
+        *self.errors.lock().unwrap().entry(key.into()).or_default() += 1;
+    }
+
+    pub fn counts(&self) -> Counts {
+        let unset = |v: u64| if v == u64::MAX { 0 } else { v };
+        Counts {
+            attempts: self.attempts.load(Relaxed),
+            opened: self.opened.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            open_now: self.open_now.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            messages: self.messages.load(Relaxed),
+            session_updates: self.session_updates.load(Relaxed),
+            server_closed: self.server_closed.load(Relaxed),
+            clean_closed: self.clean_closed.load(Relaxed),
+            unclean_closed: self.unclean_closed.load(Relaxed),
+            resume_attempts: self.resume_attempts.load(Relaxed),
+            resumed: self.resumed.load(Relaxed),
+            fresh: self.fresh.load(Relaxed),
+            resume_failed: self.resume_failed.load(Relaxed),
+            recovered: self.recovered.load(Relaxed),
+            expected_recovered: self.expected_recovered.load(Relaxed),
+            first_attempt_ns: unset(self.first_attempt_ns.load(Relaxed)),
+            last_open_ns: self.last_open_ns.load(Relaxed),
+            first_frame_ns: unset(self.first_frame_ns.load(Relaxed)),
+            last_frame_ns: self.last_frame_ns.load(Relaxed),
+            last_reconnect_ns: self.last_reconnect_ns.load(Relaxed),
+            last_resumed_ns: self.last_resumed_ns.load(Relaxed),
+        }
+    }
+
+    pub fn wire(&self) -> WireReport {
+        WireReport {
+            counts: self.counts(),
+            welcome: util::hist_to_b64(&self.welcome.lock().unwrap()),
+            tcp: util::hist_to_b64(&self.tcp.lock().unwrap()),
+            delivery: util::hist_to_b64(&self.delivery.lock().unwrap()),
+            resume: util::hist_to_b64(&self.resume.lock().unwrap()),
+            resume_tcp: util::hist_to_b64(&self.resume_tcp.lock().unwrap()),
+            errors: self.errors.lock().unwrap().clone(),
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        Report {
+            counts: self.counts(),
+            welcome: self.welcome.lock().unwrap().clone(),
+            tcp: self.tcp.lock().unwrap().clone(),
+            delivery: self.delivery.lock().unwrap().clone(),
+            resume: self.resume.lock().unwrap().clone(),
+            resume_tcp: self.resume_tcp.lock().unwrap().clone(),
+            errors: self.errors.lock().unwrap().clone(),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+// ---------------------------------------------------------------- one connection
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: the default 128 KiB read buffer per connection would need
+    // 2.3 GiB for 18,000 idle connections.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 << 20))
+}
+
+fn io_kind(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "refused".into(),
+        ConnectionReset => "reset".into(),
+        AddrNotAvailable => "addr_not_available".into(),
+        AddrInUse => "addr_in_use".into(),
+        TimedOut => "timeout".into(),
+        UnexpectedEof => "eof".into(),
+        BrokenPipe => "broken_pipe".into(),
+        _ => match e.raw_os_error() {
+            Some(24) => "too_many_open_files".into(),
+            Some(n) => format!("os_{n}"),
+            None => format!("{:?}", e.kind()).to_lowercase(),
+        },
+    }
+}
+
+fn ws_err(e: &WsError) -> String {
+    match e {
+        WsError::Http(resp) => format!("http_{}", resp.status().as_u16()),
+        WsError::Io(e) => io_kind(e),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".into(),
+        WsError::Protocol(p) => format!("protocol_{p:?}"),
+        other => {
+            let s = other.to_string();
+            s.chars().take(40).collect()
+        }
+    }
+}
+
+/// Opens one connection and waits for its `welcome`. On failure returns an
+/// error key such as `connect:refused`, `handshake:http_401`, `close:4501`.
+pub async fn connect_once(
+    params: &ConnParams,
+    addr: SocketAddr,
+    query: &str,
+) -> Result<(Ws, Value, u64), String> {
+    let deadline = Instant::now() + params.connect_timeout;
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket:{}", io_kind(&e)))?;
+    if let Some(ip) = params.bind_ip {
+        sock.bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind:{}", io_kind(&e)))?;
+    }
+    let tcp_start = Instant::now();
+    let stream = match timeout(params.connect_timeout, sock.connect(addr)).await {
+        Err(_) => return Err("connect:timeout".into()),
+        Ok(Err(e)) => return Err(format!("connect:{}", io_kind(&e))),
+        Ok(Ok(s)) => s,
+    };
+    let tcp_us = tcp_start.elapsed().as_micros() as u64;
+    let _ = stream.set_nodelay(true);
+    let url = format!("ws://{addr}/ws?{query}");
+    let hs = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()));
+    let mut ws = match tokio::time::timeout_at(deadline, hs).await {
+        Err(_) => return Err("handshake:timeout".into()),
+        Ok(Err(e)) => return Err(format!("handshake:{}", ws_err(&e))),
+        Ok(Ok((ws, _resp))) => ws,
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("welcome:timeout".into()),
+            Ok(None) => return Err("welcome:eof".into()),
+            Ok(Some(Err(e))) => return Err(format!("welcome:{}", ws_err(&e))),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
+                return Err(format!("close:{code}"));
+            }
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = match serde_json::from_str(t.as_str()) {
+                    Ok(v) => v,
+                    Err(_) => return Err("welcome:bad_json".into()),
+                };
+                match v["type"].as_str() {
+                    Some("welcome") => return Ok((ws, v, tcp_us)),
+                    // The close frame with its code follows; record that.
+                    Some("disconnect") => continue,
+                    Some(other) => return Err(format!("welcome:unexpected_{other}")),
+                    None => return Err("welcome:no_type".into()),
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Close 1000 and wait (bounded) for the server's close frame.
+async fn clean_close(ws: &mut Ws, stats: &Stats) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let sent = timeout(Duration::from_secs(5), ws.close(Some(frame)))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    let mut replied = false;
+    if sent {
+        let _ = timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Close(_)) => replied = true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+    }
+    if replied {
+        stats.clean_closed.fetch_add(1, Relaxed);
+    } else {
+        stats.unclean_closed.fetch_add(1, Relaxed);
+        stats.error("close:no_reply");
+    }
+}
+
+/// State carried across a server restart.
+struct Identity {
+    connection_id: String,
+    resume_token: String,
+    welcome_seq: u64,
+    seen_seq: u64,
+}
+
+fn token_query(auth: &Auth) -> String {
+    match auth {
+        Auth::Token(t) => format!("token={}", pct(t)),
+        Auth::Session(s) => format!("session_id={}", pct(s)),
+    }
+}
+
+/// The life of one connection. Ends on `Cmd::Close`, on its own close timer, or
+/// when a lost connection has nothing to resume.
+pub async fn run_conn(
+    spec: ConnSpec,
+    params: Arc<ConnParams>,
+    stats: Arc<Stats>,
+    mut cmd: watch::Receiver<Cmd>,
+    tap: Option<mpsc::UnboundedSender<Tap>>,
+) {
+    let mut addr = params.addr;
+    let mut ident: Option<Identity> = None;
+    let mut gen = 0u32;
+    // Set while reconnecting after a resume command: (last_seq sent, seq seen before, at_ns).
+    let mut resuming: Option<(u64, u64, u64)> = None;
+    loop {
+        let base = token_query(&spec.auth);
+        let query = match (&ident, resuming) {
+            (Some(id), Some((last, _, _))) => format!(
+                "{base}&resume={}&resume_token={}&last_seq={last}",
+                pct(&id.connection_id),
+                pct(&id.resume_token)
+            ),
+            _ => base,
+        };
+        let started = now_ns();
+        if resuming.is_some() {
+            stats.resume_attempts.fetch_add(1, Relaxed);
+        } else {
+            stats.attempts.fetch_add(1, Relaxed);
+            stats.first_attempt_ns.fetch_min(started.max(1), Relaxed);
+        }
+        let outcome = connect_once(&params, addr, &query).await;
+        let done = now_ns();
+        let (mut ws, welcome, tcp_us) = match outcome {
+            Ok(ok) => ok,
+            Err(key) => {
+                if resuming.is_some() {
+                    stats.resume_failed.fetch_add(1, Relaxed);
+                    stats.last_reconnect_ns.fetch_max(done, Relaxed);
+                    stats.error(format!("resume:{key}"));
+                } else {
+                    stats.failed.fetch_add(1, Relaxed);
+                    stats.last_open_ns.fetch_max(done, Relaxed);
+                    stats.error(key);
+                }
+                stats.finished.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let welcome_seq = welcome["seq"].as_u64().unwrap_or(0);
+        let mut replay: Option<(u64, u64)> = None;
+        if let Some((last, seen_before, at_ns)) = resuming.take() {
+            stats.last_reconnect_ns.fetch_max(done, Relaxed);
+            if welcome["resumed"].as_bool() == Some(true) {
+                stats.resumed.fetch_add(1, Relaxed);
+                stats.last_resumed_ns.fetch_max(done, Relaxed);
+                stats
+                    .expected_recovered
+                    .fetch_add(seen_before.saturating_sub(last), Relaxed);
+                replay = Some((last, seen_before));
+            } else {
+                stats.fresh.fetch_add(1, Relaxed);
+                let why = match &welcome["resumeError"] {
+                    Value::String(s) => s.chars().take(60).collect(),
+                    Value::Null => "none".to_string(),
+                    other => other.to_string().chars().take(60).collect(),
+                };
+                stats.error(format!("resumeError:{why}"));
+            }
+            util::record_us(
+                &mut stats.resume.lock().unwrap(),
+                done.saturating_sub(at_ns) / 1000,
+            );
+            util::record_us(&mut stats.resume_tcp.lock().unwrap(), tcp_us);
+        } else {
+            stats.opened.fetch_add(1, Relaxed);
+            stats.last_open_ns.fetch_max(done, Relaxed);
+            util::record_us(
+                &mut stats.welcome.lock().unwrap(),
+                done.saturating_sub(started) / 1000,
+            );
+            util::record_us(&mut stats.tcp.lock().unwrap(), tcp_us);
+        }
+        stats.open_now.fetch_add(1, Relaxed);
+        ident = Some(Identity {
+            connection_id: welcome["connectionId"].as_str().unwrap_or("").to_string(),
+            resume_token: welcome["resumeToken"].as_str().unwrap_or("").to_string(),
+            welcome_seq,
+            seen_seq: welcome_seq,
+        });
+        if let Some(t) = &tap {
+            let _ = t.send(Tap {
+                idx: spec.idx,
+                frame: welcome,
+                at_ns: done,
+            });
+        }
+
+        // ---- read loop
+        let close_at = spec.close_after.map(|d| Instant::now() + d);
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let ended_by_us;
+        loop {
+            tokio::select! {
+                changed = cmd.changed() => {
+                    let c = if changed.is_err() { Cmd::Close } else { cmd.borrow_and_update().clone() };
+                    if let Cmd::Close = c {
+                        clean_close(&mut ws, &stats).await;
+                        ended_by_us = true;
+                        break;
+                    }
+                }
+                _ = sleep_until(close_at.unwrap_or(far)), if close_at.is_some() => {
+                    clean_close(&mut ws, &stats).await;
+                    ended_by_us = true;
+                    break;
+                }
+                m = ws.next() => match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let at = now_ns();
+                        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                            stats.error("frame:bad_json");
+                            continue;
+                        };
+                        let seq = v["seq"].as_u64();
+                        match v["type"].as_str() {
+                            Some("message") => {
+                                stats.messages.fetch_add(1, Relaxed);
+                                stats.first_frame_ns.fetch_min(at.max(1), Relaxed);
+                                stats.last_frame_ns.fetch_max(at, Relaxed);
+                                if let Some(sent) = v["data"]["t"].as_u64() {
+                                    let mut h = stats.delivery.lock().unwrap();
+                                    util::record_us(&mut h, at.saturating_sub(sent) / 1000);
+                                }
+                            }
+                            Some("session.updated") => {
+                                stats.session_updates.fetch_add(1, Relaxed);
+                                stats.last_frame_ns.fetch_max(at, Relaxed);
+                            }
+                            Some("disconnect") => {
+                                stats.error(format!("disconnect:{}", v["code"]));
+                            }
+                            _ => {}
+                        }
+                        if let (Some(seq), Some(id)) = (seq, ident.as_mut()) {
+                            if let Some((last, upto)) = replay {
+                                if seq > last && seq <= upto {
+                                    stats.recovered.fetch_add(1, Relaxed);
+                                }
+                            }
+                            id.seen_seq = id.seen_seq.max(seq);
+                        }
+                        if let Some(tx) = &tap {
+                            let _ = tx.send(Tap { idx: spec.idx, frame: v, at_ns: at });
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
+                        stats.server_closed.fetch_add(1, Relaxed);
+                        stats.error(format!("closed:{code}"));
+                        // Let tungstenite finish the closing handshake.
+                        let _ = timeout(Duration::from_secs(2), async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        }).await;
+                        ended_by_us = false;
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        stats.server_closed.fetch_add(1, Relaxed);
+                        stats.error(format!("closed:{}", ws_err(&e)));
+                        ended_by_us = false;
+                        break;
+                    }
+                    None => {
+                        stats.server_closed.fetch_add(1, Relaxed);
+                        stats.error("closed:eof");
+                        ended_by_us = false;
+                        break;
+                    }
+                },
+            }
+        }
+        drop(ws);
+        stats.open_now.fetch_sub(1, Relaxed);
+        if ended_by_us {
+            stats.finished.fetch_add(1, Relaxed);
+            return;
+        }
+
+        // ---- the server went away: wait for a resume (or close) command
+        loop {
+            if cmd.changed().await.is_err() {
+                stats.finished.fetch_add(1, Relaxed);
+                return;
+            }
+            let c = cmd.borrow_and_update().clone();
+            match c {
+                Cmd::Close => {
+                    stats.finished.fetch_add(1, Relaxed);
+                    return;
+                }
+                Cmd::Resume {
+                    gen: g,
+                    addr: a,
+                    at_ns,
+                } if g > gen => {
+                    gen = g;
+                    addr = a;
+                    let id = ident.as_ref().expect("identity after a welcome");
+                    let last = if params.resume_from_received {
+                        id.seen_seq
+                    } else {
+                        id.welcome_seq
+                    };
+                    resuming = Some((last, id.seen_seq, at_ns));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- pool
+
+/// Where a pool gets its connections from: `count` connections numbered from
+/// `start`, connection i belonging to user `{prefix}{i / per_user}`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct OpenPlan {
+    pub start: usize,
+    pub count: usize,
+    pub per_user: usize,
+    pub user_prefix: String,
+    pub rate: f64,
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+}
+
+impl OpenPlan {
+    pub fn user_of(&self, i: usize) -> String {
+        format!("{}{}", self.user_prefix, i / self.per_user.max(1))
+    }
+}
+
+/// Connections held by this process.
+pub struct Pool {
+    pub stats: Arc<Stats>,
+    params: Arc<ConnParams>,
+    cmd_tx: watch::Sender<Cmd>,
+    handles: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    pacer: Option<JoinHandle<()>>,
+    resume_gen: u32,
+}
+
+impl Pool {
+    pub fn new(params: ConnParams) -> Pool {
+        let (cmd_tx, _) = watch::channel(Cmd::Hold);
+        Pool {
+            stats: Arc::new(Stats::new()),
+            params: Arc::new(params),
+            cmd_tx,
+            handles: Arc::new(Mutex::new(Vec::new())),
+            pacer: None,
+            resume_gen: 0,
+        }
+    }
+
+    /// Starts one connection now.
+    pub fn spawn(&self, spec: ConnSpec, tap: Option<mpsc::UnboundedSender<Tap>>) {
+        let h = tokio::spawn(run_conn(
+            spec,
+            self.params.clone(),
+            self.stats.clone(),
+            self.cmd_tx.subscribe(),
+            tap,
+        ));
+        self.handles.lock().unwrap().push(h);
+    }
+
+    /// Starts opening `plan.count` connections at `plan.rate` per second in the
+    /// background; returns at once.
+    pub fn start_opening(&mut self, plan: OpenPlan) {
+        let params = self.params.clone();
+        let stats = self.stats.clone();
+        let cmd_tx = self.cmd_tx.clone();
+        let handles = self.handles.clone();
+        self.pacer = Some(tokio::spawn(async move {
+            let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+            let specs = (plan.start..plan.start + plan.count).map(|i| {
+                let user = plan.user_of(i);
+                let tok = match tokens.get(&user) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = util::mint_jwt(&plan.jwt_secret, &user, plan.token_ttl_secs)?;
+                        // Only the current user's token is needed again (connections
+                        // of a user are consecutive).
+                        tokens.clear();
+                        tokens.insert(user, t.clone());
+                        t
+                    }
+                };
+                Ok::<_, String>(ConnSpec {
+                    idx: i,
+                    auth: Auth::Token(tok),
+                    close_after: None,
+                })
+            });
+            let mut specs = specs;
+            let mut spawned = 0usize;
+            let r = pace(plan.count, plan.rate, |_| {
+                let spec = specs.next().expect("count specs")?;
+                let h = tokio::spawn(run_conn(
+                    spec,
+                    params.clone(),
+                    stats.clone(),
+                    cmd_tx.subscribe(),
+                    None,
+                ));
+                handles.lock().unwrap().push(h);
+                spawned += 1;
+                Ok(())
+            })
+            .await;
+            if let Err(e) = r {
+                // Count what was never tried as failed, so that waits end.
+                let rest = (plan.count - spawned) as u64;
+                stats.failed.fetch_add(rest, Relaxed);
+                stats.finished.fetch_add(rest, Relaxed);
+                *stats
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .entry(format!("opener:{e}"))
+                    .or_default() += rest;
+            }
+        }));
+    }
+
+    pub fn resume(&mut self, addr: SocketAddr) {
+        self.resume_gen += 1;
+        let _ = self.cmd_tx.send(Cmd::Resume {
+            gen: self.resume_gen,
+            addr,
+            at_ns: now_ns(),
+        });
+    }
+
+    /// Closes every connection cleanly and waits (bounded) for their tasks.
+    pub async fn close_all(&mut self, within: Duration) {
+        if let Some(p) = self.pacer.take() {
+            p.abort();
+        }
+        let _ = self.cmd_tx.send(Cmd::Close);
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock().unwrap());
+        let deadline = Instant::now() + within;
+        for h in handles {
+            let abort = h.abort_handle();
+            if tokio::time::timeout_at(deadline, h).await.is_err() {
+                abort.abort();
+                self.stats.error("close:task_timeout");
+            }
+        }
+    }
+
+    /// Waits (bounded) for every task to end by itself (churn).
+    pub async fn join_all(&mut self, within: Duration) -> usize {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.handles.lock().unwrap());
+        let deadline = Instant::now() + within;
+        let mut stuck = 0;
+        for h in handles {
+            let abort = h.abort_handle();
+            if tokio::time::timeout_at(deadline, h).await.is_err() {
+                abort.abort();
+                stuck += 1;
+            }
+        }
+        stuck
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(p) = self.pacer.take() {
+            p.abort();
+        }
+        for h in self.handles.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Calls `f(k)` for k in 0..n, paced at `rate` per second (0 = no pacing).
+pub async fn pace<F>(n: usize, rate: f64, mut f: F) -> R<()>
+where
+    F: FnMut(usize) -> R<()>,
+{
+    let start = Instant::now();
+    let mut k = 0usize;
+    while k < n {
+        let due = if rate > 0.0 {
+            ((start.elapsed().as_secs_f64() * rate).floor() as usize + 1).min(n)
+        } else {
+            n
+        };
+        while k < due {
+            f(k)?;
+            k += 1;
+            if k.is_multiple_of(256) {
+                tokio::task::yield_now().await;
+            }
+        }
+        if k < n {
+            let next = start + Duration::from_secs_f64(k as f64 / rate);
+            let now = Instant::now();
+            if next > now {
+                sleep_until(next).await;
+            } else {
+                sleep(Duration::from_micros(200)).await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1061 @@
+//! The five scenarios. Each returns its figures as one JSON object and prints
+//! a human summary (to stdout, or to stderr when `--json` owns stdout).
+
+use crate::cli::{ChurnArgs, ConnectArgs, FanoutArgs, Global, ReattachArgs, SessionSyncArgs};
+use crate::conn::{Auth, ConnParams, ConnSpec, Counts, Pool, Tap};
+use crate::fleet::{Fleet, FleetPlan};
+use crate::server::{Server, ServerOpts};
+use crate::util::{self, fmt_bytes, hist_json, hist_line, now_ns, Progress, R};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::time::sleep;
+
+/// Human output: stdout, or stderr when `--json` prints the figures on stdout.
+pub struct Out {
+    pub json: bool,
+    pub progress: bool,
+}
+
+impl Out {
+    pub fn say(&self, s: impl std::fmt::Display) {
+        if self.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- shared steps
+
+fn server_opts(g: &Global, auto: &[(&str, String)]) -> ServerOpts {
+    let mut args: Vec<String> = vec!["--log-level".into(), g.server_log_level.clone()];
+    let mut flag = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            args.push(format!("--{name}"));
+            args.push(v);
+        }
+    };
+    flag("durability", g.durability.clone());
+    flag("max-per-user", g.max_per_user.map(|v| v.to_string()));
+    flag("max-total", g.max_total.map(|v| v.to_string()));
+    flag(
+        "messages-per-minute",
+        g.messages_per_minute.map(|v| v.to_string()),
+    );
+    flag(
+        "heartbeat-interval-ms",
+        g.heartbeat_interval_ms.map(|v| v.to_string()),
+    );
+    flag(
+        "resume-grace-seconds",
+        g.resume_grace_seconds.map(|v| v.to_string()),
+    );
+    for (k, v) in auto {
+        let name = k.trim_start_matches('-');
+        if !args.iter().any(|a| a == &format!("--{name}")) {
+            args.push(format!("--{name}"));
+            args.push(v.clone());
+        }
+    }
+    args.extend(g.server_args.iter().cloned());
+    ServerOpts {
+        url: g.url.clone(),
+        data_dir: g.data_dir.clone(),
+        bin: g
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tether").into()),
+        args,
+        ready_timeout: Duration::from_secs(g.ready_timeout_secs),
+        keep_data: g.keep_data,
+    }
+}
+
+async fn start_server(g: &Global, out: &Out, auto: &[(&str, String)]) -> R<Server> {
+    if g.url.is_some() {
+        let given = g.durability.is_some()
+            || g.max_per_user.is_some()
+            || g.max_total.is_some()
+            || g.messages_per_minute.is_some()
+            || g.heartbeat_interval_ms.is_some()
+            || g.resume_grace_seconds.is_some()
+            || !g.server_args.is_empty();
+        if given {
+            eprintln!(
+                "warning: server flags are ignored with --url (the server is already running)"
+            );
+        }
+    }
+    let s = Server::start(server_opts(g, auto)).await?;
+    out.say(format!(
+        "server: {} {} (pid {})",
+        if s.spawned { "spawned" } else { "attached" },
+        s.http_base,
+        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+    ));
+    Ok(s)
+}
+
+/// With an attached server, warn when its per-user limit would evict.
+async fn check_per_user(server: &Server, per_user: usize) {
+    if let Ok(l) = server.get("/v1/limits").await {
+        if let Some(max) = l["maxPerUser"].as_u64() {
+            if per_user as u64 > max {
+                eprintln!(
+                    "warning: {per_user} connections per user but the server allows {max}: expect evictions (4505)"
+                );
+            }
+        }
+    }
+}
+
+fn fleet_plan(
+    g: &Global,
+    s: &Server,
+    n: usize,
+    per_user: usize,
+    rate: f64,
+    prefix: &str,
+) -> FleetPlan {
+    FleetPlan {
+        n,
+        per_user: per_user.max(1),
+        user_prefix: prefix.to_string(),
+        rate,
+        jwt_secret: s.jwt_secret.clone(),
+        token_ttl_secs: g.token_ttl_secs,
+        addr: s.addr,
+        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        resume_from_received: false,
+        per_process: g.per_process.max(1),
+        first_src_octet: g.first_src_octet,
+    }
+}
+
+/// A shared view of the fleet's counters for the progress thread.
+type CountsCell = Arc<Mutex<Counts>>;
+
+fn counts_progress(
+    out: &Out,
+    label: &str,
+    total: u64,
+    cell: &CountsCell,
+    f: fn(&Counts) -> (u64, String),
+) -> Progress {
+    let cell = cell.clone();
+    Progress::start(out.progress, label, total, move || f(&cell.lock().unwrap()))
+}
+
+/// Waits until every connection attempt of the fleet has an outcome.
+/// Returns false when the deadline passed first.
+async fn wait_opened(
+    fleet: &mut Fleet,
+    n: usize,
+    within: Duration,
+    cell: &CountsCell,
+    mut on_tick: impl FnMut(&Counts),
+) -> R<bool> {
+    let deadline = Instant::now() + within;
+    loop {
+        fleet.check_alive()?;
+        let c = fleet.counts();
+        *cell.lock().unwrap() = c.clone();
+        on_tick(&c);
+        if c.open_done() as usize >= n {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn open_deadline(n: usize, rate: f64, g: &Global) -> Duration {
+    let pacing = if rate > 0.0 { n as f64 / rate } else { 0.0 };
+    Duration::from_secs_f64(pacing * 1.5 + 30.0) + Duration::from_millis(g.connect_timeout_ms)
+}
+
+fn open_line(c: &Counts) -> (u64, String) {
+    (
+        c.open_done(),
+        format!("open {} failed {}", c.opened, c.failed),
+    )
+}
+
+fn errors_json(e: &BTreeMap<String, u64>) -> Value {
+    json!(e)
+}
+
+fn errors_line(e: &BTreeMap<String, u64>) -> String {
+    if e.is_empty() {
+        "none".into()
+    } else {
+        e.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+// ---------------------------------------------------------------- connect
+
+pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
+    let mut auto = Vec::new();
+    if a.per_user > 10 {
+        auto.push(("--max-per-user", a.per_user.to_string()));
+    }
+    if a.n > 100_000 {
+        auto.push(("--max-total", (a.n + 1000).to_string()));
+    }
+    let mut server = start_server(g, out, &auto).await?;
+    check_per_user(&server, a.per_user).await;
+    let rss0 = server.rss_any().await;
+    let cpu0 = server.cpu_ticks();
+    let active0 = server.active_connections().await.ok();
+    let plan = fleet_plan(g, &server, a.n, a.per_user, a.rate, &a.user_prefix);
+    let mut fleet = Fleet::start(&plan)?;
+    let t0 = now_ns();
+    out.say(format!(
+        "connect: {} connections, {} per user, target {}/s{}",
+        a.n,
+        a.per_user,
+        a.rate,
+        match fleet.workers() {
+            0 => String::new(),
+            w => format!(", {w} worker processes"),
+        }
+    ));
+    let cell: CountsCell = Arc::default();
+    let step = (a.n / 20).max(1) as u64;
+    let mut next_sample = step;
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let pid = server.pid;
+    let all_done = {
+        let _p = counts_progress(out, "connect", a.n as u64, &cell, open_line);
+        wait_opened(&mut fleet, a.n, open_deadline(a.n, a.rate, g), &cell, |c| {
+            while c.opened >= next_sample {
+                if let Some(r) = pid.and_then(util::rss_bytes) {
+                    samples.push((c.opened, r));
+                }
+                next_sample += step;
+            }
+        })
+        .await?
+    };
+    let cpu1 = server.cpu_ticks();
+    let c = fleet.counts();
+    let phase_ns = if c.last_open_ns > 0 {
+        c.last_open_ns
+            .saturating_sub(c.first_attempt_ns.max(t0).min(c.last_open_ns))
+    } else {
+        now_ns() - t0
+    };
+    sleep(Duration::from_millis(a.settle_ms)).await;
+    let rss1 = server.rss_any().await;
+    if let Some(r) = rss1 {
+        samples.push((c.opened, r));
+    }
+    let active1 = server.active_connections().await.ok();
+    if a.hold_secs > 0 {
+        out.say(format!(
+            "holding {} connections for {} s",
+            c.opened, a.hold_secs
+        ));
+        let _p = counts_progress(out, "hold", c.opened, &cell, |c| {
+            (
+                c.open_now.max(0) as u64,
+                format!("server-closed {}", c.server_closed),
+            )
+        });
+        let end = Instant::now() + Duration::from_secs(a.hold_secs);
+        while Instant::now() < end {
+            fleet.check_alive()?;
+            *cell.lock().unwrap() = fleet.counts();
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rep = fleet.close(Duration::from_secs(30)).await?;
+    let opened = c.opened.max(1) as f64;
+    let per_conn = match (rss0, rss1) {
+        (Some(b), Some(a2)) => Some((a2 as f64 - b as f64) / opened),
+        _ => None,
+    };
+    let cpu_per = match (cpu0, cpu1) {
+        (Some(b), Some(a2)) => Some((a2 - b) as f64 * 1e6 / util::clk_tck() as f64 / opened),
+        _ => None,
+    };
+    let rate = c.opened as f64 / secs(phase_ns).max(1e-9);
+    if let Some(path) = &a.plot {
+        let svg = crate::svg::connect_plot(
+            &format!("connect n={}", a.n),
+            &rep.welcome,
+            rss0.unwrap_or(0),
+            &samples,
+        );
+        std::fs::write(path, svg).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        out.say(format!("plot written to {}", path.display()));
+    }
+    server.stop_quietly().await;
+    out.say(format!(
+        "opened {}/{} ({} failed) in {:.2} s = {:.0} connects/s{}",
+        c.opened,
+        a.n,
+        c.failed,
+        secs(phase_ns),
+        rate,
+        if all_done {
+            ""
+        } else {
+            " (TIMED OUT waiting for the rest)"
+        }
+    ));
+    out.say(format!("handshake-to-welcome: {}", hist_line(&rep.welcome)));
+    out.say(format!("  of which TCP connect: {}", hist_line(&rep.tcp)));
+    out.say(format!(
+        "server RSS: {} -> {} = {} per connection",
+        rss0.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
+        rss1.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
+        per_conn.map(fmt_bytes).unwrap_or("?".into())
+    ));
+    out.say(format!(
+        "server CPU per connect: {}",
+        cpu_per.map(|v| format!("{v:.1} us")).unwrap_or("?".into())
+    ));
+    out.say(format!(
+        "activeConnections: before {} after {}",
+        active0.map(|v| v.to_string()).unwrap_or("?".into()),
+        active1.map(|v| v.to_string()).unwrap_or("?".into())
+    ));
+    out.say(format!("errors: {}", errors_line(&rep.errors)));
+    Ok(json!({
+        "scenario": "connect",
+        "n": a.n,
+        "perUser": a.per_user,
+        "targetRate": a.rate,
+        "workers": fleet.workers(),
+        "opened": c.opened,
+        "failed": c.failed,
+        "complete": all_done,
+        "connectPhaseSecs": secs(phase_ns),
+        "connectsPerSec": rate,
+        "welcomeLatencyUs": hist_json(&rep.welcome),
+        "tcpConnectUs": hist_json(&rep.tcp),
+        "rssBeforeBytes": rss0,
+        "rssAfterBytes": rss1,
+        "rssPerConnBytes": per_conn,
+        "cpuPerConnectUs": cpu_per,
+        "activeConnectionsBefore": active0,
+        "activeConnectionsAfter": active1,
+        "serverClosed": rep.counts.server_closed,
+        "errors": errors_json(&rep.errors),
+        "rssSamples": samples,
+        "server": server.describe(),
+    }))
+}
+
+// ---------------------------------------------------------------- churn
+
+pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
+    let mut server = start_server(g, out, &[]).await?;
+    let active0 = server.active_connections().await?;
+    let rss0 = server.rss_any().await;
+    let total = (a.rate * a.duration_secs as f64).round() as usize;
+    let concurrent = a.rate * a.hold_ms as f64 / 1000.0;
+    if concurrent > g.per_process as f64 {
+        return Err(format!(
+            "churn holds about {concurrent:.0} connections at once (rate x hold): over --per-process {}; lower --hold-ms",
+            g.per_process
+        ));
+    }
+    out.say(format!(
+        "churn: {total} connections at {}/s for {} s, each held {} ms then closed (1000)",
+        a.rate, a.duration_secs, a.hold_ms
+    ));
+    let mut pool = Pool::new(ConnParams {
+        addr: server.addr,
+        bind_ip: None,
+        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        resume_from_received: false,
+    });
+    let stats = pool.stats.clone();
+    let t0 = Instant::now();
+    {
+        let st = stats.clone();
+        let _p = Progress::start(out.progress, "churn", total as u64, move || {
+            let c = st.counts();
+            (
+                c.finished,
+                format!(
+                    "open now {} failed {} clean {}",
+                    c.open_now, c.failed, c.clean_closed
+                ),
+            )
+        });
+        let hold = Duration::from_millis(a.hold_ms);
+        let secret = server.jwt_secret.clone();
+        let prefix = a.user_prefix.clone();
+        let users = a.users.max(1);
+        let ttl = g.token_ttl_secs;
+        crate::conn::pace(total, a.rate, |k| {
+            let tok = util::mint_jwt(&secret, &format!("{prefix}{}", k % users), ttl)?;
+            pool.spawn(
+                ConnSpec {
+                    idx: k,
+                    auth: Auth::Token(tok),
+                    close_after: Some(hold),
+                },
+                None,
+            );
+            Ok(())
+        })
+        .await?;
+        let stuck = pool
+            .join_all(hold + Duration::from_millis(g.connect_timeout_ms) + Duration::from_secs(15))
+            .await;
+        if stuck > 0 {
+            eprintln!("warning: {stuck} connection tasks did not finish in time");
+        }
+    }
+    let wall = t0.elapsed();
+    let rep = pool.stats.report();
+    let c = &rep.counts;
+    // Settle: the server's count must come back to where it started.
+    let settle_t0 = Instant::now();
+    let mut active1 = server.active_connections().await?;
+    while active1 != active0 && settle_t0.elapsed() < Duration::from_secs(a.settle_secs) {
+        sleep(Duration::from_millis(200)).await;
+        active1 = server.active_connections().await?;
+    }
+    let settled = active1 == active0;
+    let settle_secs = settle_t0.elapsed().as_secs_f64();
+    sleep(Duration::from_millis(a.settle_extra_ms)).await;
+    let rss1 = server.rss_any().await;
+    let growth = match (rss0, rss1) {
+        (Some(b), Some(a2)) if b > 0 => Some((a2 as f64 - b as f64) * 100.0 / b as f64),
+        _ => None,
+    };
+    server.stop_quietly().await;
+    let open_rate = c.opened as f64 / wall.as_secs_f64();
+    out.say(format!(
+        "attempted {} opened {} failed {} clean-closed {} unclean {} in {:.1} s ({:.0} opens/s)",
+        c.attempts,
+        c.opened,
+        c.failed,
+        c.clean_closed,
+        c.unclean_closed,
+        wall.as_secs_f64(),
+        open_rate
+    ));
+    out.say(format!("handshake-to-welcome: {}", hist_line(&rep.welcome)));
+    out.say(format!(
+        "activeConnections: before {active0}, after {active1} ({} after {settle_secs:.1} s)",
+        if settled { "settled" } else { "NOT settled" }
+    ));
+    out.say(format!(
+        "server RSS: {} -> {} ({})",
+        rss0.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
+        rss1.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
+        growth.map(|g| format!("{g:+.1} %")).unwrap_or("?".into())
+    ));
+    out.say(format!("errors: {}", errors_line(&rep.errors)));
+    Ok(json!({
+        "scenario": "churn",
+        "targetRate": a.rate,
+        "durationSecs": a.duration_secs,
+        "holdMs": a.hold_ms,
+        "attempted": c.attempts,
+        "opened": c.opened,
+        "failed": c.failed,
+        "cleanClosed": c.clean_closed,
+        "uncleanClosed": c.unclean_closed,
+        "serverClosed": c.server_closed,
+        "wallSecs": wall.as_secs_f64(),
+        "opensPerSec": open_rate,
+        "welcomeLatencyUs": hist_json(&rep.welcome),
+        "activeConnectionsBefore": active0,
+        "activeConnectionsAfter": active1,
+        "settled": settled,
+        "settleSecs": settle_secs,
+        "rssBeforeBytes": rss0,
+        "rssAfterBytes": rss1,
+        "rssGrowthPercent": growth,
+        "errors": errors_json(&rep.errors),
+        "server": server.describe(),
+    }))
+}
+
+// ---------------------------------------------------------------- fanout
+
+pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
+    let n = a.users * a.per_user;
+    let mut auto = Vec::new();
+    if a.per_user > 10 {
+        auto.push(("--max-per-user", a.per_user.to_string()));
+    }
+    if n > 100_000 {
+        auto.push(("--max-total", (n + 1000).to_string()));
+    }
+    let mut server = start_server(g, out, &auto).await?;
+    check_per_user(&server, a.per_user).await;
+    let plan = fleet_plan(g, &server, n, a.per_user, a.rate, &a.user_prefix);
+    let mut fleet = Fleet::start(&plan)?;
+    out.say(format!(
+        "fanout: {} users x {} connections, {} messages per user{}",
+        a.users,
+        a.per_user,
+        a.messages,
+        match fleet.workers() {
+            0 => String::new(),
+            w => format!(", {w} worker processes"),
+        }
+    ));
+    let cell: CountsCell = Arc::default();
+    let complete = {
+        let _p = counts_progress(out, "connect", n as u64, &cell, open_line);
+        wait_opened(&mut fleet, n, open_deadline(n, a.rate, g), &cell, |_| {}).await?
+    };
+    let c0 = fleet.counts();
+    if c0.opened == 0 {
+        let rep = fleet.close(Duration::from_secs(10)).await?;
+        return Err(format!(
+            "no connection opened; errors: {}",
+            errors_line(&rep.errors)
+        ));
+    }
+    out.say(format!(
+        "{} connections open ({} failed)",
+        c0.opened, c0.failed
+    ));
+
+    // Send.
+    let mut send_hist = util::new_hist();
+    let mut delivered_total = 0u64;
+    let mut post_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let first_send = now_ns();
+    {
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s2 = sent.clone();
+        let _p = Progress::start(
+            out.progress,
+            "send",
+            (a.messages * a.users) as u64,
+            move || (s2.load(std::sync::atomic::Ordering::Relaxed), String::new()),
+        );
+        let mut consecutive_failures = 0;
+        for j in 0..a.messages {
+            for u in 0..a.users {
+                let path = format!(
+                    "/v1/users/{}/messages",
+                    util::pct(&plan.user_of(u * a.per_user))
+                );
+                let t = now_ns();
+                let r = server
+                    .send_json(
+                        reqwest::Method::POST,
+                        &path,
+                        &json!({"data": {"t": t, "j": j}}),
+                    )
+                    .await;
+                util::record_us(&mut send_hist, (now_ns() - t) / 1000);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match r {
+                    Ok((st, body)) if (200..300).contains(&st) => {
+                        delivered_total += body["delivered"].as_u64().unwrap_or(0);
+                        consecutive_failures = 0;
+                    }
+                    Ok((st, body)) => {
+                        *post_errors.entry(format!("http_{st}")).or_default() += 1;
+                        consecutive_failures += 1;
+                        if consecutive_failures >= 5 {
+                            return Err(format!("POST {path} keeps failing: HTTP {st} {body}"));
+                        }
+                    }
+                    Err(e) => {
+                        *post_errors.entry("request".into()).or_default() += 1;
+                        consecutive_failures += 1;
+                        if consecutive_failures >= 5 {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            if a.interval_ms > 0 {
+                sleep(Duration::from_millis(a.interval_ms)).await;
+            }
+        }
+    }
+    let sent_done = now_ns();
+    // Wait for the deliveries the server acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(a.deliver_timeout_secs);
+    let all_received = {
+        let cell2 = cell.clone();
+        let _p = Progress::start(out.progress, "receive", delivered_total, move || {
+            let c = cell2.lock().unwrap();
+            (c.messages, String::new())
+        });
+        loop {
+            fleet.check_alive()?;
+            let c = fleet.counts();
+            *cell.lock().unwrap() = c.clone();
+            if c.messages >= delivered_total {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let rep = fleet.report(Duration::from_secs(30)).await?;
+    let cfinal = fleet.close(Duration::from_secs(30)).await?;
+    server.stop_quietly().await;
+    let c = &rep.counts;
+    let wall_ns = c.last_frame_ns.saturating_sub(first_send).max(1);
+    let per_sec = c.messages as f64 / secs(wall_ns);
+    out.say(format!(
+        "sent {} POSTs in {:.2} s (server said delivered {}); POST latency {}",
+        a.messages * a.users,
+        secs(sent_done - first_send),
+        delivered_total,
+        hist_line(&send_hist)
+    ));
+    out.say(format!(
+        "received {} message frames{} in {:.2} s = {:.0} messages/s delivered",
+        c.messages,
+        if all_received {
+            ""
+        } else {
+            " (INCOMPLETE: timed out)"
+        },
+        secs(wall_ns),
+        per_sec
+    ));
+    out.say(format!("delivery latency: {}", hist_line(&rep.delivery)));
+    out.say(format!("errors: {}", errors_line(&cfinal.errors)));
+    if !post_errors.is_empty() {
+        out.say(format!("POST errors: {}", errors_line(&post_errors)));
+    }
+    Ok(json!({
+        "scenario": "fanout",
+        "users": a.users,
+        "perUser": a.per_user,
+        "messages": a.messages,
+        "workers": fleet.workers(),
+        "opened": c0.opened,
+        "failedConnects": c0.failed,
+        "connectComplete": complete,
+        "posts": a.messages * a.users,
+        "postLatencyUs": hist_json(&send_hist),
+        "postErrors": post_errors,
+        "serverDelivered": delivered_total,
+        "framesReceived": c.messages,
+        "allReceived": all_received,
+        "wallSecs": secs(wall_ns),
+        "messagesPerSec": per_sec,
+        "deliveryLatencyUs": hist_json(&rep.delivery),
+        "errors": errors_json(&cfinal.errors),
+        "server": server.describe(),
+    }))
+}
+
+// ---------------------------------------------------------------- session-sync
+
+pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value> {
+    let mut auto = Vec::new();
+    if a.per_session > 10 {
+        auto.push(("--max-per-user", a.per_session.to_string()));
+    }
+    let mut server = start_server(g, out, &auto).await?;
+    // Idle others.
+    let mut others = if a.others > 0 {
+        let plan = fleet_plan(g, &server, a.others, 1, a.rate, &a.user_prefix);
+        let mut f = Fleet::start(&plan)?;
+        let cell: CountsCell = Arc::default();
+        let _p = counts_progress(out, "others", a.others as u64, &cell, open_line);
+        wait_opened(
+            &mut f,
+            a.others,
+            open_deadline(a.others, a.rate, g),
+            &cell,
+            |_| {},
+        )
+        .await?;
+        Some(f)
+    } else {
+        None
+    };
+    let others_open = others.as_ref().map(|f| f.counts().opened).unwrap_or(0);
+    // The session and its connections.
+    let (st, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            &json!({"userId": a.session_user}),
+        )
+        .await?;
+    if !(200..300).contains(&st) {
+        return Err(format!("POST /v1/sessions: HTTP {st}: {body}"));
+    }
+    let sid = body["sessionId"]
+        .as_str()
+        .ok_or_else(|| format!("POST /v1/sessions: no sessionId in {body}"))?
+        .to_string();
+    let mut pool = Pool::new(ConnParams {
+        addr: server.addr,
+        bind_ip: None,
+        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        resume_from_received: false,
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel::<Tap>();
+    for i in 0..a.per_session {
+        pool.spawn(
+            ConnSpec {
+                idx: i,
+                auth: Auth::Session(sid.clone()),
+                close_after: None,
+            },
+            Some(tx.clone()),
+        );
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_millis(g.connect_timeout_ms + 1000);
+    loop {
+        let c = pool.stats.counts();
+        if c.open_done() as usize >= a.per_session {
+            if c.failed > 0 {
+                let errs = pool.stats.report().errors;
+                return Err(format!(
+                    "{} of {} session connections failed: {}",
+                    c.failed,
+                    a.per_session,
+                    errors_line(&errs)
+                ));
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("session connections did not get their welcome in time".into());
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    while rx.try_recv().is_ok() {}
+    out.say(format!(
+        "session-sync: {others_open} other connections idle, session {sid} with {} connections, {} PATCHes",
+        a.per_session, a.updates
+    ));
+    let mut hist = util::new_hist();
+    let mut timeouts = 0u64;
+    let mut patch_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t_all = Instant::now();
+    {
+        let d2 = done.clone();
+        let _p = Progress::start(out.progress, "patch", a.updates as u64, move || {
+            (d2.load(std::sync::atomic::Ordering::Relaxed), String::new())
+        });
+        let path = format!("/v1/sessions/{}", util::pct(&sid));
+        for i in 0..a.updates as u64 {
+            let t0 = now_ns();
+            let body = json!({"data": {"n": i}});
+            let patch = server.send_json(reqwest::Method::PATCH, &path, &body);
+            let per_session = a.per_session;
+            let within = Duration::from_millis(a.update_timeout_ms);
+            let wait = async {
+                let deadline = tokio::time::Instant::now() + within;
+                let mut got: HashSet<usize> = HashSet::new();
+                let mut last = 0u64;
+                while got.len() < per_session {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(tap)) => {
+                            let f = &tap.frame;
+                            if f["type"] == "session.updated"
+                                && f["updates"]["n"].as_u64() == Some(i)
+                                && got.insert(tap.idx)
+                            {
+                                last = last.max(tap.at_ns);
+                            }
+                        }
+                        Ok(None) | Err(_) => return None,
+                    }
+                }
+                Some(last)
+            };
+            let (p, w) = tokio::join!(patch, wait);
+            match p {
+                Ok((st, _)) if (200..300).contains(&st) => {}
+                Ok((st, _)) => *patch_errors.entry(format!("http_{st}")).or_default() += 1,
+                Err(_) => *patch_errors.entry("request".into()).or_default() += 1,
+            }
+            match w {
+                Some(last) => util::record_us(&mut hist, last.saturating_sub(t0) / 1000),
+                None => timeouts += 1,
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if timeouts >= 10 && hist.is_empty() {
+                break;
+            }
+        }
+    }
+    let wall = t_all.elapsed();
+    pool.close_all(Duration::from_secs(10)).await;
+    let srep = pool.stats.report();
+    let orep = match others.as_mut() {
+        Some(f) => Some(f.close(Duration::from_secs(30)).await?),
+        None => None,
+    };
+    server.stop_quietly().await;
+    out.say(format!(
+        "PATCH -> session.updated on all {} connections: {}",
+        a.per_session,
+        hist_line(&hist)
+    ));
+    out.say(format!(
+        "{} updates in {:.2} s, {timeouts} timed out (> {} ms), PATCH errors: {}",
+        hist.len() + timeouts,
+        wall.as_secs_f64(),
+        a.update_timeout_ms,
+        errors_line(&patch_errors)
+    ));
+    let mut errors = srep.errors.clone();
+    if let Some(o) = &orep {
+        for (k, v) in &o.errors {
+            *errors.entry(format!("others:{k}")).or_default() += v;
+        }
+    }
+    out.say(format!("connection errors: {}", errors_line(&errors)));
+    Ok(json!({
+        "scenario": "session-sync",
+        "others": a.others,
+        "othersOpened": others_open,
+        "perSession": a.per_session,
+        "updates": a.updates,
+        "latencyUs": hist_json(&hist),
+        "timeouts": timeouts,
+        "patchErrors": patch_errors,
+        "wallSecs": wall.as_secs_f64(),
+        "errors": errors_json(&errors),
+        "server": server.describe(),
+    }))
+}
+
+// ---------------------------------------------------------------- reattach
+
+pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
+    if g.url.is_some() {
+        return Err("reattach stops and restarts the server: it needs a server spawned by the generator (drop --url)".into());
+    }
+    let mut auto = Vec::new();
+    if a.per_user > 10 {
+        auto.push(("--max-per-user", a.per_user.to_string()));
+    }
+    if a.n > 100_000 {
+        auto.push(("--max-total", (a.n + 1000).to_string()));
+    }
+    let mut server = start_server(g, out, &auto).await?;
+    let mut plan = fleet_plan(g, &server, a.n, a.per_user, a.rate, &a.user_prefix);
+    plan.resume_from_received = a.resume_from_received;
+    let mut fleet = Fleet::start(&plan)?;
+    let cell: CountsCell = Arc::default();
+    {
+        let _p = counts_progress(out, "connect", a.n as u64, &cell, open_line);
+        wait_opened(
+            &mut fleet,
+            a.n,
+            open_deadline(a.n, a.rate, g),
+            &cell,
+            |_| {},
+        )
+        .await?;
+    }
+    let c0 = fleet.counts();
+    out.say(format!(
+        "reattach: {} connections open ({} failed)",
+        c0.opened, c0.failed
+    ));
+    if c0.opened == 0 {
+        return Err("no connection opened".into());
+    }
+
+    // One message per user.
+    let users = a.n.div_ceil(a.per_user.max(1));
+    let srv = &server;
+    let results: Vec<R<(u16, Value)>> = futures_util::stream::iter(0..users)
+        .map(|u| {
+            let path = format!(
+                "/v1/users/{}/messages",
+                util::pct(&plan.user_of(u * a.per_user.max(1)))
+            );
+            async move {
+                srv.send_json(
+                    reqwest::Method::POST,
+                    &path,
+                    &json!({"data": {"t": now_ns(), "k": "before-restart"}}),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut delivered = 0u64;
+    let mut post_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in results {
+        match r {
+            Ok((st, body)) if (200..300).contains(&st) => {
+                delivered += body["delivered"].as_u64().unwrap_or(0)
+            }
+            Ok((st, _)) => *post_errors.entry(format!("http_{st}")).or_default() += 1,
+            Err(_) => *post_errors.entry("request".into()).or_default() += 1,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.counts().messages < delivered && Instant::now() < deadline {
+        fleet.check_alive()?;
+        sleep(Duration::from_millis(10)).await;
+    }
+    let live = fleet.counts().messages;
+    out.say(format!(
+        "sent {users} messages (server delivered {delivered}, received live {live})"
+    ));
+
+    // Stop.
+    let rss_before = server.rss();
+    let stop_took = server
+        .stop(a.kill9, Duration::from_secs(a.stop_timeout_secs))
+        .await?;
+    out.say(format!(
+        "server stopped with {} in {:.0} ms",
+        if a.kill9 { "SIGKILL" } else { "SIGTERM" },
+        stop_took.as_secs_f64() * 1e3
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fleet.counts().open_now > 0 && Instant::now() < deadline {
+        fleet.check_alive()?;
+        sleep(Duration::from_millis(10)).await;
+    }
+    let still_open = fleet.counts().open_now;
+    if still_open > 0 {
+        eprintln!(
+            "warning: {still_open} client sockets still look open 15 s after the server stopped"
+        );
+    }
+
+    // Restart and resume all at once.
+    let restart_t0 = Instant::now();
+    let ready_took = server.restart().await?;
+    let ready_ns = now_ns();
+    out.say(format!(
+        "server restarted: /ready after {:.0} ms",
+        restart_t0.elapsed().as_secs_f64() * 1e3
+    ));
+    fleet.resume(server.addr)?;
+    let expected = c0.opened;
+    let deadline = Instant::now() + Duration::from_secs(a.resume_timeout_secs);
+    let all_back = {
+        let _p = counts_progress(out, "resume", expected, &cell, |c| {
+            (
+                c.resume_done(),
+                format!(
+                    "resumed {} fresh {} failed {}",
+                    c.resumed, c.fresh, c.resume_failed
+                ),
+            )
+        });
+        loop {
+            fleet.check_alive()?;
+            let c = fleet.counts();
+            *cell.lock().unwrap() = c.clone();
+            if c.resume_done() >= expected {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // Replays follow the welcome; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(a.replay_timeout_secs);
+    loop {
+        let c = fleet.counts();
+        if c.recovered >= c.expected_recovered || Instant::now() > deadline {
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    let rep = fleet.report(Duration::from_secs(30)).await?;
+    let c = rep.counts.clone();
+    let fin = fleet.close(Duration::from_secs(30)).await?;
+    let rss_after = server.rss();
+    server.stop_quietly().await;
+    let to_all_back_ms = (c.last_reconnect_ns > 0)
+        .then(|| (c.last_reconnect_ns.saturating_sub(ready_ns)) as f64 / 1e6);
+    let to_all_resumed_ms =
+        (c.resumed > 0).then(|| (c.last_resumed_ns.saturating_sub(ready_ns)) as f64 / 1e6);
+    out.say(format!(
+        "from /ready: all {} clients back in {} (last resumed at {}){}",
+        expected,
+        to_all_back_ms
+            .map(|v| format!("{v:.0} ms"))
+            .unwrap_or("?".into()),
+        to_all_resumed_ms
+            .map(|v| format!("{v:.0} ms"))
+            .unwrap_or("?".into()),
+        if all_back {
+            ""
+        } else {
+            " (TIMED OUT waiting for some)"
+        }
+    ));
+    out.say(format!(
+        "resumed {} fresh {} failed {}; missed messages recovered {}/{}",
+        c.resumed, c.fresh, c.resume_failed, c.recovered, c.expected_recovered
+    ));
+    out.say(format!(
+        "resume command -> welcome: {}",
+        hist_line(&rep.resume)
+    ));
+    out.say(format!(
+        "  of which TCP connect: {}",
+        hist_line(&rep.resume_tcp)
+    ));
+    out.say(format!("errors: {}", errors_line(&fin.errors)));
+    Ok(json!({
+        "scenario": "reattach",
+        "n": a.n,
+        "perUser": a.per_user,
+        "kill9": a.kill9,
+        "workers": fleet.workers(),
+        "opened": c0.opened,
+        "messagesSent": users,
+        "messagesDelivered": delivered,
+        "messagesReceivedLive": live,
+        "postErrors": post_errors,
+        "stopMs": stop_took.as_secs_f64() * 1e3,
+        "restartToReadyMs": ready_took.as_secs_f64() * 1e3,
+        "readyToAllReconnectedMs": to_all_back_ms,
+        "readyToLastResumedMs": to_all_resumed_ms,
+        "allBack": all_back,
+        "resumed": c.resumed,
+        "fresh": c.fresh,
+        "resumeFailed": c.resume_failed,
+        "recovered": c.recovered,
+        "expectedRecovered": c.expected_recovered,
+        "resumeLatencyUs": hist_json(&rep.resume),
+        "resumeTcpConnectUs": hist_json(&rep.resume_tcp),
+        "rssBeforeStopBytes": rss_before,
+        "rssAfterResumeBytes": rss_after,
+        "errors": errors_json(&fin.errors),
+        "server": server.describe(),
+    }))
+}
