@@ -431,8 +431,9 @@ where
             authorize(app, req, &admin)?;
             let id = conn_id(id)?;
             let data = message_data(&read_body(app, body).await?)?;
+            let ts = crate::time::rfc3339(crate::time::now_ms());
             let d = reg
-                .deliver(&id, &|seq| message_frame(seq, &data))
+                .deliver(&id, &|seq| message_frame(seq, &data, &ts))
                 .ok_or_else(|| unknown_conn(&id))?;
             app.store.commit().await?;
             Ok(json_reply(
@@ -461,7 +462,8 @@ where
         (Method::POST, ["users", user, "messages"]) => {
             authorize(app, req, &admin)?;
             let data = message_data(&read_body(app, body).await?)?;
-            let d = reg.deliver_to_user(user, &|seq| message_frame(seq, &data));
+            let ts = crate::time::rfc3339(crate::time::now_ms());
+            let d = reg.deliver_to_user(user, &|seq| message_frame(seq, &data, &ts));
             app.store.commit().await?;
             Ok(json_reply(
                 StatusCode::OK,
@@ -663,8 +665,7 @@ fn message_data(body: &[u8]) -> Result<String> {
 }
 
 /// A `message` frame; `data` is already JSON text, so it is spliced in, not re-encoded.
-pub fn message_frame(seq: u64, data: &str) -> String {
-    let ts = crate::time::rfc3339(crate::time::now_ms());
+pub fn message_frame(seq: u64, data: &str, ts: &str) -> String {
     format!("{{\"type\":\"message\",\"seq\":{seq},\"data\":{data},\"ts\":\"{ts}\"}}")
 }
 

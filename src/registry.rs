@@ -752,7 +752,18 @@ impl Registry {
 
     // ----- delivery ------------------------------------------------------------------
 
-    fn deliver_locked(&self, entry: &mut Entry, frame: &dyn Fn(u64) -> String, d: &mut Delivery) {
+    /// Assigns the next seq, queues the frame on a live socket at once, and adds its replay
+    /// entry (and the trim of the oldest) to `batch`. The caller applies the batch before
+    /// releasing the shard lock, so a resume can never read a replay buffer that misses a
+    /// frame; sockets get the frame before the store work, so fan-out latency is the queueing
+    /// alone.
+    fn deliver_locked(
+        &self,
+        entry: &mut Entry,
+        frame: &dyn Fn(u64) -> String,
+        d: &mut Delivery,
+        batch: &mut sled::Batch,
+    ) {
         entry.rec.seq += 1;
         let seq = entry.rec.seq;
         let text = frame(seq);
@@ -760,18 +771,11 @@ impl Registry {
         match codec::encode(&ReplayEntry {
             frame: text.clone(),
         }) {
-            Ok(bytes) => {
-                if let Err(e) = self.trees.replay.insert(keys::replay(&id, seq), bytes) {
-                    tracing::error!(error = %e, "cannot keep a frame for replay");
-                }
-            }
+            Ok(bytes) => batch.insert(&keys::replay(&id, seq)[..], bytes),
             Err(e) => tracing::error!(error = %e, "cannot encode a frame for replay"),
         }
         if seq > self.limits.replay_buffer_messages {
-            let _ = self
-                .trees
-                .replay
-                .remove(keys::replay(&id, seq - self.limits.replay_buffer_messages));
+            batch.remove(&keys::replay(&id, seq - self.limits.replay_buffer_messages)[..]);
         }
         self.metrics
             .messages_delivered
@@ -785,13 +789,21 @@ impl Registry {
         }
     }
 
+    fn apply_replay(&self, batch: sled::Batch) {
+        if let Err(e) = self.trees.replay.apply_batch(batch) {
+            tracing::error!(error = %e, "cannot keep frames for replay");
+        }
+    }
+
     /// Assigns the next seq of connection `id` to `frame(seq)`, keeps it for replay, and
     /// queues it if a socket is attached. None if the connection is unknown.
     pub fn deliver(&self, id: &Uuid, frame: &dyn Fn(u64) -> String) -> Option<Delivery> {
         self.with_shard(id, |shard| {
             let mut d = Delivery::default();
+            let mut batch = sled::Batch::default();
             let entry = shard.conns.get_mut(id).expect("checked");
-            self.deliver_locked(entry, frame, &mut d);
+            self.deliver_locked(entry, frame, &mut d, &mut batch);
+            self.apply_replay(batch);
             d
         })
     }
@@ -799,13 +811,15 @@ impl Registry {
     /// The same for every connection of `user`, Detached ones included.
     pub fn deliver_to_user(&self, user: &str, frame: &dyn Fn(u64) -> String) -> Delivery {
         let mut d = Delivery::default();
+        let mut batch = sled::Batch::default();
         let mut shard = lock(&self.shards[self.shard_of_user(user)]);
         let Shard { conns, users } = &mut *shard;
         for id in users.get(user).map(|v| v.as_slice()).unwrap_or(&[]) {
             if let Some(entry) = conns.get_mut(id) {
-                self.deliver_locked(entry, frame, &mut d);
+                self.deliver_locked(entry, frame, &mut d, &mut batch);
             }
         }
+        self.apply_replay(batch);
         d
     }
 

@@ -88,12 +88,10 @@ pub async fn run_until(
     let auth = Authenticator::new(&config).map_err(|e| ServeError::Auth(e.to_string()))?;
     let store = Store::open(&config, lock)?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen {
         addr: config.listen,
         source,
@@ -120,7 +118,12 @@ pub async fn run_until(
         metrics.clone(),
         limits,
     ));
-    let sessions = Sessions::new(store.trees.clone(), bus.clone(), config.session_ttl_seconds);
+    let sessions = Sessions::new(
+        store.trees.clone(),
+        bus.clone(),
+        store.flusher.clone(),
+        config.session_ttl_seconds,
+    );
     let app = Arc::new(App::new(
         config,
         auth,
@@ -182,6 +185,19 @@ pub async fn run_until(
     }
     tracing::info!(closed = closing, "stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue: after a restart every client reconnects at once, and
+/// the default backlog (128) would make most of them wait a SYN retry (about a second).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn accept_loop(

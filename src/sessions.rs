@@ -49,7 +49,8 @@ pub struct Sessions {
     /// Taken by every write, and by a backup to hold writes off while it copies.
     write: std::sync::Mutex<()>,
     trees: Trees,
-    bus: Arc<dyn Bus>,
+    /// Events wait here until the write they describe is durable (see [`publisher`]).
+    outgoing: tokio::sync::mpsc::UnboundedSender<(Channel, Value)>,
     default_ttl_seconds: u64,
     /// Writers of one session take its stripe (before `write`). An update is
     /// read-merge-write, so two at once (a PATCH and a `session.update`, say) would lose
@@ -91,14 +92,28 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 impl Sessions {
-    pub fn new(trees: Trees, bus: Arc<dyn Bus>, default_ttl_seconds: u64) -> Sessions {
+    /// Starts the publisher task on the current runtime.
+    pub fn new(
+        trees: Trees,
+        bus: Arc<dyn Bus>,
+        flusher: crate::durability::Flusher,
+        default_ttl_seconds: u64,
+    ) -> Sessions {
+        let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(publisher(rx, bus, flusher));
         Sessions {
             write: Default::default(),
             trees,
-            bus,
+            outgoing,
             default_ttl_seconds,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    /// Publishes once the write before it is durable, in the order of the calls.
+    fn publish(&self, channel: Channel, payload: Value) {
+        // The receiver lives as long as the runtime; a send after shutdown has no reader.
+        let _ = self.outgoing.send((channel, payload));
     }
 
     fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
@@ -168,7 +183,7 @@ impl Sessions {
         self.trees
             .sessions_by_user
             .insert(keys::pair(&s.user_id, &s.id), &[])?;
-        self.bus.publish(
+        self.publish(
             Channel::SessionCreated,
             self.event(&s, Source::Http, None, None),
         );
@@ -219,7 +234,7 @@ impl Sessions {
         s.last_seen = now;
         self.put(&s)?;
         let updates = data.cloned().unwrap_or_else(|| json!({}));
-        self.bus.publish(
+        self.publish(
             Channel::SessionUpdates,
             self.event(&s, source, connection, Some(&updates)),
         );
@@ -240,7 +255,7 @@ impl Sessions {
         let _write = self.stripe(id);
         let s = self.get(id).ok_or(SessionError::Unknown)?;
         self.remove(&s)?;
-        self.bus.publish(
+        self.publish(
             Channel::SessionDeleted,
             self.event(&s, Source::Http, None, None),
         );
@@ -269,7 +284,7 @@ impl Sessions {
             // Gone meanwhile (deleted or swept): that one has been published already.
             let Some(s) = self.get(&s.id) else { continue };
             self.remove(&s)?;
-            self.bus.publish(
+            self.publish(
                 Channel::SessionDeleted,
                 self.event(&s, Source::Http, None, None),
             );
@@ -304,7 +319,7 @@ impl Sessions {
                 continue;
             };
             if s.expires_at <= now && self.remove(&s).is_ok() {
-                self.bus.publish(
+                self.publish(
                     Channel::SessionExpired,
                     self.event(&s, Source::Http, None, None),
                 );
@@ -334,6 +349,26 @@ impl Sessions {
             v["connections"] = json!(c);
         }
         v
+    }
+}
+
+/// Publishes session events only after the writes they describe are on disk (per the
+/// durability mode), so no connection is told of a change that a crash could still undo.
+/// Whatever is queued when a flush starts is published together after it, in order.
+async fn publisher(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Channel, Value)>,
+    bus: Arc<dyn Bus>,
+    flusher: crate::durability::Flusher,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        if let Err(e) = flusher.commit().await {
+            tracing::error!(error = %e, "session events held back: the store refused a flush");
+            continue;
+        }
+        for (channel, payload) in batch.drain(..) {
+            bus.publish(channel, payload);
+        }
     }
 }
 

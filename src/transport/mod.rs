@@ -237,3 +237,19 @@ pub fn welcome(app: &App, reg: &Registered, rec: &ConnRecord) -> String {
     })
     .to_string()
 }
+
+/// Closes a just-activated connection whose session ended while it was being registered.
+/// (A delete or expiry after activation finds the connection through the registry; one
+/// before it would otherwise be missed.)
+pub fn session_still_live(app: &App, id: &uuid::Uuid, session_id: Option<&str>) -> bool {
+    let Some(sid) = session_id else { return true };
+    if app.sessions.get(sid).is_some() {
+        return true;
+    }
+    app.registry.force_disconnect(
+        id,
+        Disconnect::session_ended("session ended"),
+        crate::model::EventType::Disconnected,
+    );
+    false
+}

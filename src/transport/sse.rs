@@ -57,6 +57,7 @@ pub async fn handle(app: Arc<App>, req: &Req) -> Response {
     let trusted_resume = resume.as_ref().is_some_and(|r| r.token.is_empty());
     let id = uuid::Uuid::new_v4();
     let meta = metadata(&app, &hs, &identity.user, ConnType::Sse);
+    let linked_session = identity.session_id.clone();
     let new = NewConn {
         id,
         user: identity.user,
@@ -80,6 +81,7 @@ pub async fn handle(app: Arc<App>, req: &Req) -> Response {
     {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, &Disconnect::evicted());
     }
+    super::session_still_live(&app, &id, linked_session.as_deref());
 
     let state = SseState {
         app: app.clone(),

@@ -47,7 +47,7 @@ type Stream = SplitStream<Socket>;
 /// Read buffer per socket, allocated up front by tungstenite. Client frames are small
 /// (ping, ack, refresh, session.update); a larger one is still read whole, the buffer
 /// growing for it. 1 KiB instead of 4 KiB measured 3 KiB less RSS per idle connection.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 /// How long a closing socket waits for the client's close frame before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Bad frames allowed per minute before 4509.
@@ -267,6 +267,7 @@ async fn run(app: Arc<App>, mut ws: Socket, mut hs: Handshake) {
     };
     let id = uuid::Uuid::new_v4();
     let meta = metadata(&app, &hs, &identity.user, ConnType::WebSocket);
+    let linked_session = identity.session_id.clone();
     let new = NewConn {
         id,
         user: identity.user,
@@ -292,6 +293,8 @@ async fn run(app: Arc<App>, mut ws: Socket, mut hs: Handshake) {
         // Evicted or removed between registration and now.
         return refuse(&app, ws, Disconnect::evicted()).await;
     }
+    // The outbox already holds `welcome`; a session that ended meanwhile closes it (4503).
+    super::session_still_live(&app, &id, linked_session.as_deref());
 
     let (mut sink, mut stream) = ws.split();
     let conn = ConnTask::new(&app, &live);
