@@ -845,8 +845,17 @@ async fn health_and_metrics_show_sessions_and_bus() {
             )
             .await;
     }
-    let (status, h) = server.get_json("/v1/health").await;
-    assert_eq!(status, 200);
+    // Bus events follow the flush that makes their write durable: give the last one a moment.
+    let mut h = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = server.get_json("/v1/health").await;
+        assert_eq!(status, 200);
+        h = body;
+        if h["bus"]["published"]["session:updates"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(h["sessions"], 2, "{h}");
     assert_eq!(h["bus"]["published"]["session:created"], 2, "{h}");
     assert_eq!(h["bus"]["published"]["session:updates"], 3, "{h}");

@@ -47,7 +47,7 @@ type Stream = SplitStream<Socket>;
 /// Read buffer per socket, allocated up front by tungstenite. Client frames are small
 /// (ping, ack, refresh, session.update); a larger one is still read whole, the buffer
 /// growing for it. 1 KiB instead of 4 KiB measured 3 KiB less RSS per idle connection.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 1024;
 /// How long a closing socket waits for the client's close frame before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Bad frames allowed per minute before 4509.
@@ -121,7 +121,6 @@ pub async fn handle(
 
     let guard = app.tasks.enter();
     tokio::spawn(async move {
-        let _guard = guard;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -137,7 +136,12 @@ pub async fn handle(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        run(app, ws, hs).await;
+        if let Some((ws, live)) = establish(&app, ws, hs).await {
+            tokio::spawn(async move {
+                serve(app, ws, live).await;
+                drop(guard);
+            });
+        }
     });
 
     let mut res = Response::new(Default::default());
@@ -250,23 +254,39 @@ async fn first_frame_auth(
 }
 
 /// One connection, from the open socket to its end.
-async fn run(app: Arc<App>, mut ws: Socket, mut hs: Handshake) {
+/// Authenticates, registers, waits for durability and queues `welcome`. Returns the socket
+/// and its outbox, or None once it has refused and closed the socket.
+///
+/// This runs in its own short task; [`serve`] is spawned as a second one. A task's memory is
+/// the largest state of its future, and the handshake's (credential, registration, timers
+/// for the auth frame) would otherwise stay reserved for the connection's whole life.
+async fn establish(
+    app: &Arc<App>,
+    mut ws: Socket,
+    mut hs: Handshake,
+) -> Option<(Socket, Arc<Live>)> {
     let (cred, resume) = match hs.credential.take() {
         Some(c) => (c, hs.resume.take()),
-        None => match first_frame_auth(&app, &mut ws).await {
+        None => match first_frame_auth(app, &mut ws).await {
             Ok((c, r)) => (c, r.or(hs.resume.take())),
             Err(d) => {
                 Metrics::inc(&app.metrics.auth_failures);
-                return refuse(&app, ws, d).await;
+                {
+                    refuse(app, ws, d).await;
+                    return None;
+                }
             }
         },
     };
-    let identity = match authenticate(&app, &cred) {
+    let identity = match authenticate(app, &cred) {
         Ok(i) => i,
-        Err(d) => return refuse(&app, ws, d).await,
+        Err(d) => {
+            refuse(app, ws, d).await;
+            return None;
+        }
     };
     let id = uuid::Uuid::new_v4();
-    let meta = metadata(&app, &hs, &identity.user, ConnType::WebSocket);
+    let meta = metadata(app, &hs, &identity.user, ConnType::WebSocket);
     let linked_session = identity.session_id.clone();
     let new = NewConn {
         id,
@@ -277,25 +297,35 @@ async fn run(app: Arc<App>, mut ws: Socket, mut hs: Handshake) {
     };
     let reg = match app.registry.register(new) {
         Ok(r) => r,
-        Err(d) => return refuse(&app, ws, d).await,
+        Err(d) => {
+            refuse(app, ws, d).await;
+            return None;
+        }
     };
     let live = Live::new(id, app.config.outbound_queue_bytes);
     if let Err(e) = app.store.commit().await {
         tracing::error!(error = %e, "cannot make a connection durable");
         app.registry
             .force_disconnect(&id, Disconnect::server_full(), EventType::Error);
-        return refuse(&app, ws, Disconnect::server_full()).await;
+        refuse(app, ws, Disconnect::server_full()).await;
+        return None;
     }
     let activated = app
         .registry
-        .activate(&id, &live, reg.replay_after, |rec| welcome(&app, &reg, rec));
+        .activate(&id, &live, reg.replay_after, |rec| welcome(app, &reg, rec));
     if !activated {
         // Evicted or removed between registration and now.
-        return refuse(&app, ws, Disconnect::evicted()).await;
+        refuse(app, ws, Disconnect::evicted()).await;
+        return None;
     }
     // The outbox already holds `welcome`; a session that ended meanwhile closes it (4503).
-    super::session_still_live(&app, &id, linked_session.as_deref());
+    super::session_still_live(app, &id, linked_session.as_deref());
 
+    Some((ws, live))
+}
+
+/// The connection's working life: reader, writer and heartbeat, until it closes.
+async fn serve(app: Arc<App>, ws: Socket, live: Arc<Live>) {
     let (mut sink, mut stream) = ws.split();
     let conn = ConnTask::new(&app, &live);
     let end = tokio::select! {
