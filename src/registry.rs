@@ -71,6 +71,10 @@ struct Entry {
     rec: ConnRecord,
     state: ConnState,
     live: Option<Arc<Live>>,
+    /// No replay entry below this seq is kept. The buffer is trimmed to
+    /// `replay_buffer_messages` by the sweeper, not on every delivery, which halves the
+    /// store work of a fan-out.
+    kept_from: u64,
 }
 
 #[derive(Default)]
@@ -140,6 +144,8 @@ pub struct Registry {
     limits: Limits,
     attached: AtomicUsize,
     messages_per_second: AtomicU64,
+    /// Connections whose replay buffers wait for [`Registry::collect_garbage`].
+    garbage: Mutex<Vec<Uuid>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -176,6 +182,7 @@ impl Registry {
             limits,
             attached: AtomicUsize::new(0),
             messages_per_second: AtomicU64::new(0),
+            garbage: Mutex::new(Vec::new()),
         }
     }
 
@@ -259,16 +266,61 @@ impl Registry {
             .conns_by_expiry
             .remove(keys::by_expiry(rec.expires_at, &rec.id));
         if !keep_replay {
+            // Up to `replay_buffer_messages` removals: too many for a shard lock (10,000
+            // closes of one user would queue behind each other), so they are left to
+            // `collect_garbage`. The record is gone, so nothing can read them meanwhile.
+            lock(&self.garbage).push(rec.id);
+        }
+    }
+
+    /// Removes the replay buffers of removed connections (the sweeper calls it, outside
+    /// every shard lock).
+    pub fn collect_garbage(&self) {
+        let ids = std::mem::take(&mut *lock(&self.garbage));
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        for id in ids {
             for k in self
                 .trees
                 .replay
-                .scan_prefix(rec.id.as_bytes())
+                .scan_prefix(id.as_bytes())
                 .keys()
                 .flatten()
             {
-                let _ = self.trees.replay.remove(k);
+                batch.remove(k);
             }
         }
+        self.apply_replay(batch);
+    }
+
+    /// Removes replay buffers whose connection no longer exists (left by a crash between a
+    /// removal and its garbage collection). Jumps from one connection's prefix to the next.
+    fn remove_orphan_replay(&self) -> usize {
+        let mut orphans = 0;
+        let mut from = [0u8; 16];
+        loop {
+            let Some(Ok(k)) = self.trees.replay.range(from..).keys().next() else {
+                break;
+            };
+            let Some(prefix) = k.get(..16).and_then(|p| <[u8; 16]>::try_from(p).ok()) else {
+                break;
+            };
+            if !self.trees.conns.contains_key(prefix).unwrap_or(true) {
+                for k in self.trees.replay.scan_prefix(prefix).keys().flatten() {
+                    let _ = self.trees.replay.remove(k);
+                }
+                orphans += 1;
+            }
+            // The next prefix: this id plus one.
+            let next = u128::from_be_bytes(prefix).checked_add(1);
+            match next {
+                Some(n) => from = n.to_be_bytes(),
+                None => break,
+            }
+        }
+        orphans
     }
 
     // ----- shard bookkeeping ---------------------------------------------------------
@@ -448,6 +500,7 @@ impl Registry {
                         rec,
                         state: ConnState::Authenticated,
                         live: None,
+                        kept_from: old.kept_from,
                     },
                 );
                 return Ok(reg);
@@ -485,6 +538,7 @@ impl Registry {
                 rec,
                 state: ConnState::Authenticated,
                 live: None,
+                kept_from: 1,
             },
         );
         self.attached.fetch_sub(1, Ordering::SeqCst);
@@ -577,13 +631,20 @@ impl Registry {
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_be_bytes)
             })
-            .unwrap_or(seq + 1);
+            .unwrap_or(seq + 1)
+            // The sweeper trims lazily; what is past the bound counts as gone already.
+            .max((seq + 1).saturating_sub(self.limits.replay_buffer_messages));
         let (after, lost) = match req.last_seq {
-            None => (old.rec.acked, None),
+            None => (old.rec.acked.max(first_kept - 1), None),
             Some(last) => {
                 let last = last.min(seq);
                 if last + 1 < first_kept {
-                    (last, Some(format!("messages lost: the oldest kept seq is {first_kept}, lastSeq was {last}")))
+                    (
+                        first_kept - 1,
+                        Some(format!(
+                            "messages lost: the oldest kept seq is {first_kept}, lastSeq was {last}"
+                        )),
+                    )
                 } else {
                     (last, None)
                 }
@@ -753,7 +814,7 @@ impl Registry {
     // ----- delivery ------------------------------------------------------------------
 
     /// Assigns the next seq, queues the frame on a live socket at once, and adds its replay
-    /// entry (and the trim of the oldest) to `batch`. The caller applies the batch before
+    /// entry to `batch` (the sweeper trims the buffer to its bound). The caller applies the batch before
     /// releasing the shard lock, so a resume can never read a replay buffer that misses a
     /// frame; sockets get the frame before the store work, so fan-out latency is the queueing
     /// alone.
@@ -773,9 +834,6 @@ impl Registry {
         }) {
             Ok(bytes) => batch.insert(&keys::replay(&id, seq)[..], bytes),
             Err(e) => tracing::error!(error = %e, "cannot encode a frame for replay"),
-        }
-        if seq > self.limits.replay_buffer_messages {
-            batch.remove(&keys::replay(&id, seq - self.limits.replay_buffer_messages)[..]);
         }
         self.metrics
             .messages_delivered
@@ -853,6 +911,7 @@ impl Registry {
                 return;
             }
             entry.rec.acked = upto;
+            entry.kept_from = entry.kept_from.max(upto + 1);
             let start = keys::replay(id, 0);
             let end = keys::replay(id, upto);
             for k in self.trees.replay.range(start..=end).keys().flatten() {
@@ -1027,6 +1086,19 @@ impl Registry {
                 );
                 n += 1;
             }
+            // Trim replay buffers to their bound, one batch per shard.
+            let max = self.limits.replay_buffer_messages;
+            let mut batch = sled::Batch::default();
+            for (id, e) in shard.conns.iter_mut() {
+                if e.rec.seq >= e.kept_from.saturating_add(max) {
+                    let new_from = e.rec.seq - max + 1;
+                    for seq in e.kept_from..new_from {
+                        batch.remove(&keys::replay(id, seq)[..]);
+                    }
+                    e.kept_from = new_from;
+                }
+            }
+            self.apply_replay(batch);
         }
         n
     }
@@ -1048,6 +1120,20 @@ impl Registry {
                     continue;
                 }
             };
+            let seq_of = |k: sled::IVec| {
+                k.get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            };
+            let kept_from = self
+                .trees
+                .replay
+                .scan_prefix(rec.id.as_bytes())
+                .keys()
+                .next()
+                .and_then(|k| k.ok())
+                .and_then(seq_of)
+                .unwrap_or(rec.seq + 1);
             // A crash may have kept frames whose seq the record never saw.
             if let Some(Ok(last)) = self
                 .trees
@@ -1084,10 +1170,12 @@ impl Registry {
                     rec,
                     state: ConnState::Detached,
                     live: None,
+                    kept_from,
                 },
             );
             report.detached += 1;
         }
+        report.orphan_replay_buffers = self.remove_orphan_replay();
         Ok(report)
     }
 
@@ -1226,4 +1314,5 @@ pub enum MigrateError {
 pub struct RecoveryReport {
     pub detached: usize,
     pub unreadable: usize,
+    pub orphan_replay_buffers: usize,
 }

@@ -267,6 +267,7 @@ async fn sweep_loop(app: Arc<App>) {
         let app2 = app.clone();
         let _ = tokio::task::spawn_blocking(move || {
             app2.registry.sweep();
+            app2.registry.collect_garbage();
             app2.sessions.sweep();
         })
         .await;

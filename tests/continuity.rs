@@ -432,3 +432,58 @@ async fn a_store_with_an_unknown_schema_version_is_refused() {
         .expect_err("the server must refuse the store");
     assert!(err.contains("schema version 99"), "{err}");
 }
+
+async fn inspect(dir: &std::path::Path) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn replay_buffers_are_trimmed_to_their_bound_and_removed_with_their_connection() {
+    let mut server = Server::start(&["--replay-buffer-messages", "3"]).await;
+    let (mut ws, welcome) = server.connect("lena").await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    for n in 1..=10 {
+        let (status, _) = server
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/v1/connections/{id}/messages"),
+                json!({"data": n}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    for _ in 1..=10 {
+        ws.recv_type("message").await;
+    }
+    // The sweeper trims once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop().await;
+    assert_eq!(inspect(&server.dir).await["replayEntries"], 3);
+
+    server.restart().await;
+    let mut ws = server
+        .ws(&resume_query(&server, "lena", &welcome, Some(7)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    for seq in 8..=10 {
+        assert_eq!(ws.recv_type("message").await["seq"], seq);
+    }
+    // A clean close removes the connection; its buffer follows within a sweep.
+    ws.close().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop().await;
+    let report = inspect(&server.dir).await;
+    assert_eq!(report["connections"], 0, "{report}");
+    assert_eq!(report["replayEntries"], 0, "{report}");
+}
