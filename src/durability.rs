@@ -7,8 +7,9 @@
 //! caller's writes has finished.
 //!
 //! - `sync`: every writer runs its own flush and waits for it.
-//! - `batched`: the flusher waits `flush_interval_ms` (or until 256 writers wait) so that a
-//!   burst of connects pays for one flush.
+//! - `batched`: flushes start at most once per `flush_interval_ms` (sooner when 256 writers
+//!   wait). An idle server flushes as soon as someone waits; under load, everyone who wrote
+//!   during a window shares the next flush, so a burst of connects pays for one `fsync`.
 //! - `relaxed`: `commit` returns at once; a background tick flushes every `flush_interval_ms`.
 //!
 //! Flush ids: `next` is the id the next flush will get. A writer reads `next` after its
@@ -70,6 +71,18 @@ impl Flusher {
     /// Returns once every write made before this call is on disk (in `sync` and `batched`
     /// mode). Fails only if the disk refuses the flush.
     pub async fn commit(&self) -> Result<(), sled::Error> {
+        self.wait(self.ticket()).await
+    }
+
+    /// The flush that will cover every write made before this call. Taken right after a
+    /// write, it lets someone else wait for exactly that flush later ([`Flusher::wait`]):
+    /// the session publisher waits for the flush its HTTP writer waits for, not a later one.
+    pub fn ticket(&self) -> u64 {
+        self.inner.next.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the flush of `ticket` is done (per the durability mode).
+    pub async fn wait(&self, ticket: u64) -> Result<(), sled::Error> {
         let inner = &self.inner;
         match inner.mode {
             Durability::Relaxed => return Ok(()),
@@ -79,7 +92,7 @@ impl Flusher {
             Durability::Batched => {}
         }
         let mut rx = inner.done_tx.subscribe();
-        let target = inner.next.load(Ordering::SeqCst);
+        let target = ticket;
         let waiting = inner.waiting.fetch_add(1, Ordering::SeqCst) + 1;
         if waiting == 1 || waiting >= BATCH_TRIGGER {
             inner.wake.notify_one();
@@ -107,6 +120,7 @@ impl Flusher {
 }
 
 async fn run(inner: std::sync::Weak<Inner>) {
+    let mut last_start = tokio::time::Instant::now();
     loop {
         let Some(me) = inner.upgrade() else { return };
         match me.mode {
@@ -119,13 +133,15 @@ async fn run(inner: std::sync::Weak<Inner>) {
                     let notified = me.wake.notified();
                     drop_and_wait(&me, notified).await;
                 }
-                // Gather the burst, unless enough writers already wait.
-                if me.waiting.load(Ordering::SeqCst) < BATCH_TRIGGER {
+                // Pace: one flush per window at most, unless enough writers already wait.
+                let since = last_start.elapsed();
+                if since < me.window && me.waiting.load(Ordering::SeqCst) < BATCH_TRIGGER {
                     let notified = me.wake.notified();
-                    let _ = tokio::time::timeout(me.window, notified).await;
+                    let _ = tokio::time::timeout(me.window - since, notified).await;
                 }
             }
         }
+        last_start = tokio::time::Instant::now();
         let id = me.next.fetch_add(1, Ordering::SeqCst);
         let db = me.db.clone();
         let ok = tokio::task::spawn_blocking(move || db.flush())

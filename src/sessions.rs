@@ -50,7 +50,8 @@ pub struct Sessions {
     write: std::sync::Mutex<()>,
     trees: Trees,
     /// Events wait here until the write they describe is durable (see [`publisher`]).
-    outgoing: tokio::sync::mpsc::UnboundedSender<(Channel, Value)>,
+    outgoing: tokio::sync::mpsc::UnboundedSender<(Channel, Value, u64)>,
+    flusher: crate::durability::Flusher,
     default_ttl_seconds: u64,
     /// Writers of one session take its stripe (before `write`). An update is
     /// read-merge-write, so two at once (a PATCH and a `session.update`, say) would lose
@@ -100,8 +101,9 @@ impl Sessions {
         default_ttl_seconds: u64,
     ) -> Sessions {
         let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(publisher(rx, bus, flusher));
+        tokio::spawn(publisher(rx, bus, flusher.clone()));
         Sessions {
+            flusher,
             write: Default::default(),
             trees,
             outgoing,
@@ -113,7 +115,9 @@ impl Sessions {
     /// Publishes once the write before it is durable, in the order of the calls.
     fn publish(&self, channel: Channel, payload: Value) {
         // The receiver lives as long as the runtime; a send after shutdown has no reader.
-        let _ = self.outgoing.send((channel, payload));
+        let _ = self
+            .outgoing
+            .send((channel, payload, self.flusher.ticket()));
     }
 
     fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
@@ -356,17 +360,19 @@ impl Sessions {
 /// durability mode), so no connection is told of a change that a crash could still undo.
 /// Whatever is queued when a flush starts is published together after it, in order.
 async fn publisher(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Channel, Value)>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Channel, Value, u64)>,
     bus: Arc<dyn Bus>,
     flusher: crate::durability::Flusher,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        if let Err(e) = flusher.commit().await {
+        // The newest write's flush covers the older ones.
+        let ticket = batch.iter().map(|(_, _, t)| *t).max().unwrap_or(0);
+        if let Err(e) = flusher.wait(ticket).await {
             tracing::error!(error = %e, "session events held back: the store refused a flush");
             continue;
         }
-        for (channel, payload) in batch.drain(..) {
+        for (channel, payload, _) in batch.drain(..) {
             bus.publish(channel, payload);
         }
     }

@@ -164,6 +164,10 @@ pub struct ChurnArgs {
     pub rate: f64,
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
+    /// Unmeasured churn first, so caches reach their working size before the RSS
+    /// baseline; growth measured after it is what a leak would show.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_secs: u64,
     /// How long each connection stays open before its clean close (1000).
     #[arg(long, default_value_t = 200)]
     pub hold_ms: u64,

@@ -368,8 +368,6 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
 pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
     let mut server = start_server(g, out, &[]).await?;
     let active0 = server.active_connections().await?;
-    let rss0 = server.rss_any().await;
-    let total = (a.rate * a.duration_secs as f64).round() as usize;
     let concurrent = a.rate * a.hold_ms as f64 / 1000.0;
     if concurrent > g.per_process as f64 {
         return Err(format!(
@@ -377,55 +375,30 @@ pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
             g.per_process
         ));
     }
+    // Warm-up: the same churn, unmeasured, so that caches and the bounded event log reach
+    // their working size before the RSS baseline is taken. Growth after that is a leak.
+    let mut rss_start = None;
+    if a.warmup_secs > 0 {
+        rss_start = server.rss_any().await;
+        out.say(format!("churn: warm-up for {} s", a.warmup_secs));
+        let warm = churn_phase(g, a, out, &server, a.warmup_secs, "warm-up").await?;
+        drop(warm);
+        let t = Instant::now();
+        while server.active_connections().await? != active0
+            && t.elapsed() < Duration::from_secs(a.settle_secs)
+        {
+            sleep(Duration::from_millis(200)).await;
+        }
+        sleep(Duration::from_millis(a.settle_extra_ms)).await;
+    }
+    let rss0 = server.rss_any().await;
+    let total = (a.rate * a.duration_secs as f64).round() as usize;
     out.say(format!(
         "churn: {total} connections at {}/s for {} s, each held {} ms then closed (1000)",
         a.rate, a.duration_secs, a.hold_ms
     ));
-    let mut pool = Pool::new(ConnParams {
-        addr: server.addr,
-        bind_ip: None,
-        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
-        resume_from_received: false,
-    });
-    let stats = pool.stats.clone();
     let t0 = Instant::now();
-    {
-        let st = stats.clone();
-        let _p = Progress::start(out.progress, "churn", total as u64, move || {
-            let c = st.counts();
-            (
-                c.finished,
-                format!(
-                    "open now {} failed {} clean {}",
-                    c.open_now, c.failed, c.clean_closed
-                ),
-            )
-        });
-        let hold = Duration::from_millis(a.hold_ms);
-        let secret = server.jwt_secret.clone();
-        let prefix = a.user_prefix.clone();
-        let users = a.users.max(1);
-        let ttl = g.token_ttl_secs;
-        crate::conn::pace(total, a.rate, |k| {
-            let tok = util::mint_jwt(&secret, &format!("{prefix}{}", k % users), ttl)?;
-            pool.spawn(
-                ConnSpec {
-                    idx: k,
-                    auth: Auth::Token(tok),
-                    close_after: Some(hold),
-                },
-                None,
-            );
-            Ok(())
-        })
-        .await?;
-        let stuck = pool
-            .join_all(hold + Duration::from_millis(g.connect_timeout_ms) + Duration::from_secs(15))
-            .await;
-        if stuck > 0 {
-            eprintln!("warning: {stuck} connection tasks did not finish in time");
-        }
-    }
+    let pool = churn_phase(g, a, out, &server, a.duration_secs, "churn").await?;
     let wall = t0.elapsed();
     let rep = pool.stats.report();
     let c = &rep.counts;
@@ -486,12 +459,70 @@ pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
         "activeConnectionsAfter": active1,
         "settled": settled,
         "settleSecs": settle_secs,
+        "warmupSecs": a.warmup_secs,
+        "rssStartBytes": rss_start,
+        "warmupSecs": a.warmup_secs,
+        "rssStartBytes": rss_start,
         "rssBeforeBytes": rss0,
         "rssAfterBytes": rss1,
         "rssGrowthPercent": growth,
         "errors": errors_json(&rep.errors),
         "server": server.describe(),
     }))
+}
+
+/// Opens connections at `a.rate` for `secs`, each closed cleanly after `a.hold_ms`.
+async fn churn_phase(
+    g: &Global,
+    a: &ChurnArgs,
+    out: &Out,
+    server: &crate::server::Server,
+    secs: u64,
+    label: &'static str,
+) -> R<Pool> {
+    let total = (a.rate * secs as f64).round() as usize;
+    let mut pool = Pool::new(ConnParams {
+        addr: server.addr,
+        bind_ip: None,
+        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        resume_from_received: false,
+    });
+    let stats = pool.stats.clone();
+    let _p = Progress::start(out.progress, label, total as u64, move || {
+        let c = stats.counts();
+        (
+            c.finished,
+            format!(
+                "open now {} failed {} clean {}",
+                c.open_now, c.failed, c.clean_closed
+            ),
+        )
+    });
+    let hold = Duration::from_millis(a.hold_ms);
+    let secret = server.jwt_secret.clone();
+    let prefix = a.user_prefix.clone();
+    let users = a.users.max(1);
+    let ttl = g.token_ttl_secs;
+    crate::conn::pace(total, a.rate, |k| {
+        let tok = util::mint_jwt(&secret, &format!("{prefix}{}", k % users), ttl)?;
+        pool.spawn(
+            ConnSpec {
+                idx: k,
+                auth: Auth::Token(tok),
+                close_after: Some(hold),
+            },
+            None,
+        );
+        Ok(())
+    })
+    .await?;
+    let stuck = pool
+        .join_all(hold + Duration::from_millis(g.connect_timeout_ms) + Duration::from_secs(15))
+        .await;
+    if stuck > 0 {
+        eprintln!("warning: {stuck} connection tasks did not finish in time");
+    }
+    Ok(pool)
 }
 
 // ---------------------------------------------------------------- fanout
