@@ -78,6 +78,24 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_replay_entry_encodes_like_the_owned_one() {
+        use crate::model::{ReplayEntry, ReplayEntryRef};
+        let owned = encode(&ReplayEntry {
+            frame: "{\"type\":\"message\"}".into(),
+        })
+        .unwrap();
+        let borrowed = encode(&ReplayEntryRef {
+            frame: "{\"type\":\"message\"}",
+        })
+        .unwrap();
+        assert_eq!(owned, borrowed);
+        assert_eq!(
+            decode::<ReplayEntry>(&borrowed).unwrap().frame,
+            "{\"type\":\"message\"}"
+        );
+    }
+
+    #[test]
     fn refuses_unknown_version_and_garbage() {
         let mut bytes = encode(&7u64).unwrap();
         bytes[0] = 9;

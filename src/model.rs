@@ -172,6 +172,12 @@ pub struct ReplayEntry {
     pub frame: String,
 }
 
+/// [`ReplayEntry`] borrowed, for encoding without a copy of the frame (same bytes).
+#[derive(Serialize)]
+pub struct ReplayEntryRef<'a> {
+    pub frame: &'a str,
+}
+
 /// Connection lifecycle events (SPEC §5 `ConnectionEvent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {

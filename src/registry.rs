@@ -829,9 +829,7 @@ impl Registry {
         let seq = entry.rec.seq;
         let text = frame(seq);
         let id = entry.rec.id;
-        match codec::encode(&ReplayEntry {
-            frame: text.clone(),
-        }) {
+        match codec::encode(&crate::model::ReplayEntryRef { frame: &text }) {
             Ok(bytes) => batch.insert(&keys::replay(&id, seq)[..], bytes),
             Err(e) => tracing::error!(error = %e, "cannot encode a frame for replay"),
         }
