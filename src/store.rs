@@ -42,6 +42,8 @@ pub enum StoreError {
     Open { dir: String, detail: String },
     #[error("the store in {dir} has schema version {found}; this tether reads version {SCHEMA_VERSION}. Use the tether release that wrote it, or restore a backup")]
     Schema { dir: String, found: u32 },
+    #[error("the store in {dir} is damaged: {detail}. Nothing was changed; restore a backup (tether restore) or move the directory aside")]
+    Damaged { dir: String, detail: String },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
     #[error(transparent)]
@@ -90,6 +92,11 @@ pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
     file.set_len(0).map_err(dir_err)?;
     write!(file, "{}", std::process::id()).map_err(dir_err)?;
     Ok(DirLock { _file: file, path })
+}
+
+/// The file that records which store belongs in a data directory.
+pub fn manifest_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("store.manifest")
 }
 
 /// The path of the sled database inside a data directory.
@@ -154,7 +161,64 @@ impl Trees {
                     .insert("schema_version", codec::encode(&SCHEMA_VERSION)?)?;
             }
         }
+        trees.check_manifest(data_dir)?;
         Ok(trees)
+    }
+
+    /// The store's identity lives twice: in the `meta` tree and in `<data_dir>/store.manifest`.
+    /// sled opens a store whose log was overwritten as an empty one, without an error; the
+    /// manifest is how such a store is told from a new one, and refused instead of served
+    /// empty.
+    fn check_manifest(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            dir: data_dir.display().to_string(),
+            detail,
+        };
+        let manifest = std::fs::read_to_string(manifest_path(data_dir)).ok();
+        let recorded = manifest.as_deref().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("store_id = "))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        });
+        let stored = match self.meta.get("store_id")? {
+            Some(v) => Some(codec::decode::<String>(&v)?),
+            None => None,
+        };
+        match (recorded, stored) {
+            (Some(r), Some(s)) if r == s => Ok(()),
+            (Some(r), Some(s)) => Err(damaged(format!(
+                "its id {s} is not the {r} recorded in store.manifest (was the store replaced?)"
+            ))),
+            (Some(_), None) => Err(damaged(
+                "store.manifest records a store, but the store reads as empty".into(),
+            )),
+            (None, Some(_)) => self.write_manifest(data_dir),
+            (None, None) => {
+                let id = crate::registry::new_token();
+                self.meta.insert("store_id", codec::encode(&id)?)?;
+                self.db.flush()?;
+                self.write_manifest(data_dir)
+            }
+        }
+    }
+
+    /// Writes `store.manifest` from the id in `meta` (after a restore, say).
+    pub fn write_manifest(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let Some(v) = self.meta.get("store_id")? else {
+            return Ok(());
+        };
+        let id: String = codec::decode(&v)?;
+        let text = format!(
+            "# Written by tether: the identity of the store beside it. Keep it with the store.\nschema_version = {SCHEMA_VERSION}\nstore_id = \"{id}\"\n"
+        );
+        let path = manifest_path(data_dir);
+        let tmp = path.with_extension("tmp");
+        let dir_err = |source| StoreError::Dir {
+            dir: data_dir.display().to_string(),
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(dir_err)?;
+        std::fs::rename(&tmp, &path).map_err(dir_err)
     }
 
     /// Sizes and counts, for `inspect` and `/v1/health`.

@@ -487,3 +487,75 @@ async fn replay_buffers_are_trimmed_to_their_bound_and_removed_with_their_connec
     assert_eq!(report["connections"], 0, "{report}");
     assert_eq!(report["replayEntries"], 0, "{report}");
 }
+
+#[tokio::test]
+async fn a_store_whose_log_was_overwritten_is_refused_not_served_empty() {
+    let mut server = Server::start(&[]).await;
+    let (status, _) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            json!({"userId": "mona"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    server.stop().await;
+    // Overwrite the head of sled's log: sled itself would open this as an empty store.
+    let db = server.dir.join("store").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let n = bytes.len().min(4096);
+    bytes[..n]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 131 % 251) as u8);
+    std::fs::write(&db, &bytes).unwrap();
+    let manifest = std::fs::read_to_string(server.dir.join("store.manifest")).unwrap();
+
+    let err = common::spawn(&server.dir, &[])
+        .await
+        .expect_err("a damaged store must be refused");
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(server.dir.join("store.manifest")).unwrap(),
+        manifest,
+        "nothing is changed"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_skipped_and_left_in_the_store() {
+    let mut server = Server::start(&[]).await;
+    let (a, wa) = server.connect("nina").await;
+    let (b, wb) = server.connect("omar").await;
+    drop((a, b));
+    server.stop().await;
+    let bad = uuid::Uuid::parse_str(wa["connectionId"].as_str().unwrap()).unwrap();
+    {
+        let trees = tether::store::Trees::open(&server.dir, 1 << 20).unwrap();
+        trees
+            .conns
+            .insert(bad.as_bytes(), &[1u8, 0xff, 0xff, 0xff][..])
+            .unwrap();
+        trees.db.flush().unwrap();
+    }
+    server.restart().await;
+    let (status, _) = server.get_json(&format!("/v1/connections/{bad}")).await;
+    assert_eq!(status, 404);
+    let (status, info) = server
+        .get_json(&format!(
+            "/v1/connections/{}",
+            wb["connectionId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["state"], "detached");
+    assert!(
+        server.logs().contains("does not decode"),
+        "{}",
+        server.logs()
+    );
+    server.stop().await;
+    let report = inspect(&server.dir).await;
+    assert_eq!(report["connections"], 2, "the bad record is kept: {report}");
+    assert_eq!(report["unreadableConnections"], 1, "{report}");
+}
