@@ -258,6 +258,7 @@ fn conn_record(n: usize) -> ConnRecord {
         resume_hash: [0xa5; 32],
         seq: 1_234,
         acked: 1_230,
+        replay_key: nc.id,
     }
 }
 

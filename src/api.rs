@@ -23,7 +23,7 @@ use crate::auth::{ApiKey, Permission};
 use crate::bus::Channel;
 use crate::error::{ApiError, Disconnect};
 use crate::model::EventType;
-use crate::registry::{MetadataPatch, MigrateError};
+use crate::registry::{FrameTemplate, MetadataPatch, MigrateError};
 use crate::sessions::{SessionError, Sessions, Source};
 use crate::transport::{query_pairs, PeerAddr};
 
@@ -433,7 +433,7 @@ where
             let data = message_data(&read_body(app, body).await?)?;
             let ts = crate::time::rfc3339(crate::time::now_ms());
             let d = reg
-                .deliver(&id, &|seq| message_frame(seq, &data, &ts))
+                .deliver(&id, FrameTemplate::message(&data, &ts))
                 .ok_or_else(|| unknown_conn(&id))?;
             app.store.commit().await?;
             Ok(json_reply(
@@ -463,7 +463,7 @@ where
             authorize(app, req, &admin)?;
             let data = message_data(&read_body(app, body).await?)?;
             let ts = crate::time::rfc3339(crate::time::now_ms());
-            let d = reg.deliver_to_user(user, &|seq| message_frame(seq, &data, &ts));
+            let d = reg.deliver_to_user(user, FrameTemplate::message(&data, &ts));
             app.store.commit().await?;
             Ok(json_reply(
                 StatusCode::OK,
@@ -662,11 +662,6 @@ fn message_data(body: &[u8]) -> Result<String> {
         .get("data")
         .ok_or_else(|| ApiError::bad_request("`data` is required"))?;
     Ok(data.to_string())
-}
-
-/// A `message` frame; `data` is already JSON text, so it is spliced in, not re-encoded.
-pub fn message_frame(seq: u64, data: &str, ts: &str) -> String {
-    format!("{{\"type\":\"message\",\"seq\":{seq},\"data\":{data},\"ts\":\"{ts}\"}}")
 }
 
 fn event_query(req: &Req) -> Result<crate::events::EventQuery> {

@@ -40,7 +40,7 @@ const TREES: &[&str] = &[
     "events",
     "sessions",
     "sessions_by_user",
-    "replay",
+    "deliveries",
 ];
 
 /// Writes and hashes at once.
@@ -357,7 +357,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         "unreadableConnections": unreadable,
         "sessions": trees.sessions.len(),
         "events": trees.events.len(),
-        "replayEntries": trees.replay.len(),
+        "deliveries": trees.deliveries.len(),
         "sizeOnDiskBytes": trees.size_on_disk(),
     });
     if args.json {
@@ -377,7 +377,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         }
         println!("sessions         {}", trees.sessions.len());
         println!("events           {}", trees.events.len());
-        println!("replay entries   {}", trees.replay.len());
+        println!("deliveries       {}", trees.deliveries.len());
         println!("size on disk     {} bytes", trees.size_on_disk());
     }
     Ok(())

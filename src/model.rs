@@ -148,6 +148,9 @@ pub struct ConnRecord {
     pub seq: u64,
     /// Highest `seq` the client acknowledged.
     pub acked: u64,
+    /// The connection's first id. Deliveries name their targets by it, so a resumed or
+    /// migrated connection keeps its replay buffer across a restart without rewriting them.
+    pub replay_key: Uuid,
 }
 
 impl ConnRecord {
@@ -165,17 +168,14 @@ impl ConnRecord {
     }
 }
 
-/// One kept frame of a connection's replay buffer: the `seq` is in the key.
+/// One delivery as stored in the `deliveries` tree: the frame's shape and every
+/// (connection replay key, seq) it was given to. The frame each connection got is
+/// `{"type":"<kind>","seq":<seq>,<rest>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplayEntry {
-    /// The whole frame as sent, JSON text.
-    pub frame: String,
-}
-
-/// [`ReplayEntry`] borrowed, for encoding without a copy of the frame (same bytes).
-#[derive(Serialize)]
-pub struct ReplayEntryRef<'a> {
-    pub frame: &'a str,
+pub struct StoredDelivery {
+    pub kind: String,
+    pub rest: String,
+    pub targets: Vec<([u8; 16], u64)>,
 }
 
 /// Connection lifecycle events (SPEC §5 `ConnectionEvent`).

@@ -13,7 +13,7 @@
 //! Lock order: a shard lock may take the locator and session-map locks inside it; nothing
 //! takes a shard lock while holding either of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,7 +25,7 @@ use crate::codec;
 use crate::error::{Disconnect, Fate};
 use crate::events::EventLog;
 use crate::metrics::Metrics;
-use crate::model::{ConnRecord, ConnState, EventType, Metadata, ReplayEntry, StoredUser};
+use crate::model::{ConnRecord, ConnState, EventType, Metadata, StoredDelivery, StoredUser};
 use crate::store::{keys, Trees};
 use crate::time::{now_ms, rfc3339, Millis};
 use crate::transport::outbox::Outbox;
@@ -71,10 +71,50 @@ struct Entry {
     rec: ConnRecord,
     state: ConnState,
     live: Option<Arc<Live>>,
-    /// No replay entry below this seq is kept. The buffer is trimmed to
-    /// `replay_buffer_messages` by the sweeper, not on every delivery, which halves the
-    /// store work of a fan-out.
-    kept_from: u64,
+    /// The replay buffer: the frames kept for a resume, oldest first, at most
+    /// `replay_buffer_messages`. Each is shared with every other connection the same
+    /// delivery went to; the store holds one record per delivery (see [`Delivered`]).
+    ring: VecDeque<(u64, Arc<Delivered>)>,
+}
+
+/// The shape of a frame delivered with a different `seq` to each connection:
+/// `{"type":"<kind>","seq":<seq>,<rest>` where `rest` is the remaining fields and the
+/// closing brace.
+#[derive(Debug, Clone)]
+pub struct FrameTemplate {
+    pub kind: &'static str,
+    pub rest: String,
+}
+
+impl FrameTemplate {
+    /// A `message` frame; `data` is JSON text already, spliced in rather than re-encoded.
+    pub fn message(data: &str, ts: &str) -> FrameTemplate {
+        FrameTemplate {
+            kind: "message",
+            rest: format!("\"data\":{data},\"ts\":\"{ts}\"}}"),
+        }
+    }
+
+    pub fn render(&self, seq: u64) -> String {
+        format!("{{\"type\":\"{}\",\"seq\":{seq},{}", self.kind, self.rest)
+    }
+}
+
+/// One delivery (a message to a connection, a user or a session's connections), kept in
+/// the `deliveries` tree as one record with every (connection, seq) it went to, and in the
+/// replay buffer of each of those connections. A fan-out to 10,000 sockets is one store
+/// write, not 10,000. When the last buffer lets go of it, its id goes to the garbage list
+/// and the sweeper removes the record.
+pub struct Delivered {
+    id: u64,
+    template: FrameTemplate,
+    garbage: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        lock(&self.garbage).push(self.id);
+    }
 }
 
 #[derive(Default)]
@@ -144,8 +184,10 @@ pub struct Registry {
     limits: Limits,
     attached: AtomicUsize,
     messages_per_second: AtomicU64,
-    /// Connections whose replay buffers wait for [`Registry::collect_garbage`].
-    garbage: Mutex<Vec<Uuid>>,
+    /// Deliveries no buffer holds any more, for [`Registry::collect_garbage`].
+    garbage: Arc<Mutex<Vec<u64>>>,
+    /// The id of the next delivery (ids only grow, so the tree is in delivery order).
+    next_delivery: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,7 +224,8 @@ impl Registry {
             limits,
             attached: AtomicUsize::new(0),
             messages_per_second: AtomicU64::new(0),
-            garbage: Mutex::new(Vec::new()),
+            garbage: Arc::new(Mutex::new(Vec::new())),
+            next_delivery: AtomicU64::new(1),
         }
     }
 
@@ -255,7 +298,7 @@ impl Registry {
         }
     }
 
-    fn unpersist(&self, rec: &ConnRecord, keep_replay: bool) {
+    fn unpersist(&self, rec: &ConnRecord) {
         let _ = self.trees.conns.remove(keys::conn(&rec.id));
         let _ =
             self.trees
@@ -265,16 +308,10 @@ impl Registry {
             .trees
             .conns_by_expiry
             .remove(keys::by_expiry(rec.expires_at, &rec.id));
-        if !keep_replay {
-            // Up to `replay_buffer_messages` removals: too many for a shard lock (10,000
-            // closes of one user would queue behind each other), so they are left to
-            // `collect_garbage`. The record is gone, so nothing can read them meanwhile.
-            lock(&self.garbage).push(rec.id);
-        }
     }
 
-    /// Removes the replay buffers of removed connections (the sweeper calls it, outside
-    /// every shard lock).
+    /// Removes the delivery records no replay buffer holds any more (the sweeper calls it,
+    /// outside every shard lock).
     pub fn collect_garbage(&self) {
         let ids = std::mem::take(&mut *lock(&self.garbage));
         if ids.is_empty() {
@@ -282,45 +319,11 @@ impl Registry {
         }
         let mut batch = sled::Batch::default();
         for id in ids {
-            for k in self
-                .trees
-                .replay
-                .scan_prefix(id.as_bytes())
-                .keys()
-                .flatten()
-            {
-                batch.remove(k);
-            }
+            batch.remove(&id.to_be_bytes()[..]);
         }
-        self.apply_replay(batch);
-    }
-
-    /// Removes replay buffers whose connection no longer exists (left by a crash between a
-    /// removal and its garbage collection). Jumps from one connection's prefix to the next.
-    fn remove_orphan_replay(&self) -> usize {
-        let mut orphans = 0;
-        let mut from = [0u8; 16];
-        loop {
-            let Some(Ok(k)) = self.trees.replay.range(from..).keys().next() else {
-                break;
-            };
-            let Some(prefix) = k.get(..16).and_then(|p| <[u8; 16]>::try_from(p).ok()) else {
-                break;
-            };
-            if !self.trees.conns.contains_key(prefix).unwrap_or(true) {
-                for k in self.trees.replay.scan_prefix(prefix).keys().flatten() {
-                    let _ = self.trees.replay.remove(k);
-                }
-                orphans += 1;
-            }
-            // The next prefix: this id plus one.
-            let next = u128::from_be_bytes(prefix).checked_add(1);
-            match next {
-                Some(n) => from = n.to_be_bytes(),
-                None => break,
-            }
+        if let Err(e) = self.trees.deliveries.apply_batch(batch) {
+            tracing::error!(error = %e, "cannot remove finished deliveries");
         }
-        orphans
     }
 
     // ----- shard bookkeeping ---------------------------------------------------------
@@ -386,7 +389,7 @@ impl Registry {
         details: Value,
     ) -> Option<Entry> {
         let entry = self.remove_locked(shard, id)?;
-        self.unpersist(&entry.rec, false);
+        self.unpersist(&entry.rec);
         self.metrics
             .connection_closed(now_ms() - entry.rec.connected_at);
         self.events
@@ -458,8 +461,7 @@ impl Registry {
                 // migrateConnection: the record moves to the new id.
                 let old_id = old.rec.id;
                 let mut rec = old.rec;
-                self.unpersist(&rec, true);
-                self.move_replay(&old_id, &new.id);
+                self.unpersist(&rec);
                 rec.id = new.id;
                 rec.state = ConnState::Authenticated;
                 rec.detached_at = None;
@@ -500,7 +502,7 @@ impl Registry {
                         rec,
                         state: ConnState::Authenticated,
                         live: None,
-                        kept_from: old.kept_from,
+                        ring: old.ring,
                     },
                 );
                 return Ok(reg);
@@ -517,6 +519,7 @@ impl Registry {
                 resume_hash: sha256(token.as_bytes()),
                 seq: 0,
                 acked: 0,
+                replay_key: new.id,
             },
         };
 
@@ -538,7 +541,7 @@ impl Registry {
                 rec,
                 state: ConnState::Authenticated,
                 live: None,
-                kept_from: 1,
+                ring: VecDeque::new(),
             },
         );
         self.attached.fetch_sub(1, Ordering::SeqCst);
@@ -619,21 +622,7 @@ impl Registry {
             return Err(ResumeRefusal::Cannot("connection is still being set up"));
         }
         let seq = old.rec.seq;
-        let first_kept = self
-            .trees
-            .replay
-            .scan_prefix(old_id.as_bytes())
-            .keys()
-            .next()
-            .and_then(|k| k.ok())
-            .and_then(|k| {
-                k.get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            })
-            .unwrap_or(seq + 1)
-            // The sweeper trims lazily; what is past the bound counts as gone already.
-            .max((seq + 1).saturating_sub(self.limits.replay_buffer_messages));
+        let first_kept = old.ring.front().map(|(s, _)| *s).unwrap_or(seq + 1);
         let (after, lost) = match req.last_seq {
             None => (old.rec.acked.max(first_kept - 1), None),
             Some(last) => {
@@ -652,16 +641,6 @@ impl Registry {
         };
         let entry = self.remove_locked(shard, &old_id).expect("present above");
         Ok((entry, after, lost))
-    }
-
-    fn move_replay(&self, from: &Uuid, to: &Uuid) {
-        for item in self.trees.replay.scan_prefix(from.as_bytes()) {
-            let Ok((k, v)) = item else { continue };
-            let mut nk = k.to_vec();
-            nk[..16].copy_from_slice(to.as_bytes());
-            let _ = self.trees.replay.insert(nk, v);
-            let _ = self.trees.replay.remove(k);
-        }
     }
 
     /// Attaches the socket and makes the connection Active (logged as `connected`): queues
@@ -686,13 +665,8 @@ impl Registry {
                 json!({"connectionType": entry.rec.meta.connection_type.as_str()}),
             );
             live.outbox.push_text(welcome(&entry.rec));
-            let start = keys::replay(id, replay_after.saturating_add(1));
-            let end = keys::replay(id, u64::MAX);
-            for item in self.trees.replay.range(start..=end) {
-                let Ok((_, v)) = item else { continue };
-                if let Ok(e) = codec::decode::<ReplayEntry>(&v) {
-                    live.outbox.push_text(e.frame);
-                }
+            for (seq, d) in entry.ring.iter().filter(|(seq, _)| *seq > replay_after) {
+                live.outbox.push_text(d.template.render(*seq));
             }
             self.metrics.connects.fetch_add(1, Ordering::Relaxed);
             true
@@ -813,91 +787,103 @@ impl Registry {
 
     // ----- delivery ------------------------------------------------------------------
 
-    /// Assigns the next seq, queues the frame on a live socket at once, and adds its replay
-    /// entry to `batch` (the sweeper trims the buffer to its bound). The caller applies the batch before
-    /// releasing the shard lock, so a resume can never read a replay buffer that misses a
-    /// frame; sockets get the frame before the store work, so fan-out latency is the queueing
-    /// alone.
-    fn deliver_locked(
+    /// Delivers `template` to `ids` (all in `shard`): each gets its next seq, keeps the frame
+    /// in its replay buffer, and has it queued at once if a socket is attached. Then the
+    /// delivery is stored as one record, before the shard lock is released, so a resume can
+    /// never miss a frame. `except` is skipped (the origin of a session update).
+    fn deliver_in_shard<'a>(
         &self,
-        entry: &mut Entry,
-        frame: &dyn Fn(u64) -> String,
-        d: &mut Delivery,
-        batch: &mut sled::Batch,
-    ) {
-        entry.rec.seq += 1;
-        let seq = entry.rec.seq;
-        let text = frame(seq);
-        let id = entry.rec.id;
-        match codec::encode(&crate::model::ReplayEntryRef { frame: &text }) {
-            Ok(bytes) => batch.insert(&keys::replay(&id, seq)[..], bytes),
-            Err(e) => tracing::error!(error = %e, "cannot encode a frame for replay"),
+        shard: &mut Shard,
+        ids: impl Iterator<Item = &'a Uuid>,
+        template: FrameTemplate,
+    ) -> Delivery {
+        let mut d = Delivery::default();
+        let id = self.next_delivery.fetch_add(1, Ordering::SeqCst);
+        let delivered = Arc::new(Delivered {
+            id,
+            template,
+            garbage: self.garbage.clone(),
+        });
+        let max = self.limits.replay_buffer_messages as usize;
+        let mut targets = Vec::new();
+        for conn in ids {
+            let Some(entry) = shard.conns.get_mut(conn) else {
+                continue;
+            };
+            entry.rec.seq += 1;
+            let seq = entry.rec.seq;
+            if let Some(live) = &entry.live {
+                if entry.state == ConnState::Active
+                    && live.outbox.push_text(delivered.template.render(seq))
+                {
+                    d.delivered += 1;
+                }
+            }
+            entry.ring.push_back((seq, delivered.clone()));
+            while entry.ring.len() > max {
+                entry.ring.pop_front();
+            }
+            targets.push((*entry.rec.replay_key.as_bytes(), seq));
+            d.stored += 1;
+            d.seq = seq;
+        }
+        if targets.is_empty() {
+            return d;
         }
         self.metrics
             .messages_delivered
-            .fetch_add(1, Ordering::Relaxed);
-        d.stored += 1;
-        d.seq = seq;
-        if let Some(live) = &entry.live {
-            if entry.state == ConnState::Active && live.outbox.push_text(text) {
-                d.delivered += 1;
+            .fetch_add(targets.len() as u64, Ordering::Relaxed);
+        let record = StoredDelivery {
+            kind: delivered.template.kind.to_string(),
+            rest: delivered.template.rest.clone(),
+            targets,
+        };
+        match codec::encode(&record) {
+            Ok(bytes) => {
+                if let Err(e) = self.trees.deliveries.insert(id.to_be_bytes(), bytes) {
+                    tracing::error!(error = %e, "cannot store a delivery");
+                }
             }
+            Err(e) => tracing::error!(error = %e, "cannot encode a delivery"),
         }
-    }
-
-    fn apply_replay(&self, batch: sled::Batch) {
-        if let Err(e) = self.trees.replay.apply_batch(batch) {
-            tracing::error!(error = %e, "cannot keep frames for replay");
-        }
-    }
-
-    /// Assigns the next seq of connection `id` to `frame(seq)`, keeps it for replay, and
-    /// queues it if a socket is attached. None if the connection is unknown.
-    pub fn deliver(&self, id: &Uuid, frame: &dyn Fn(u64) -> String) -> Option<Delivery> {
-        self.with_shard(id, |shard| {
-            let mut d = Delivery::default();
-            let mut batch = sled::Batch::default();
-            let entry = shard.conns.get_mut(id).expect("checked");
-            self.deliver_locked(entry, frame, &mut d, &mut batch);
-            self.apply_replay(batch);
-            d
-        })
-    }
-
-    /// The same for every connection of `user`, Detached ones included.
-    pub fn deliver_to_user(&self, user: &str, frame: &dyn Fn(u64) -> String) -> Delivery {
-        let mut d = Delivery::default();
-        let mut batch = sled::Batch::default();
-        let mut shard = lock(&self.shards[self.shard_of_user(user)]);
-        let Shard { conns, users } = &mut *shard;
-        for id in users.get(user).map(|v| v.as_slice()).unwrap_or(&[]) {
-            if let Some(entry) = conns.get_mut(id) {
-                self.deliver_locked(entry, frame, &mut d, &mut batch);
-            }
-        }
-        self.apply_replay(batch);
         d
     }
 
-    /// The same for every connection of `session` except `except`.
+    /// Delivers to connection `id`. None if the connection is unknown.
+    pub fn deliver(&self, id: &Uuid, template: FrameTemplate) -> Option<Delivery> {
+        self.with_shard(id, |shard| {
+            self.deliver_in_shard(shard, std::iter::once(id), template)
+        })
+    }
+
+    /// Delivers to every connection of `user`, Detached ones included.
+    pub fn deliver_to_user(&self, user: &str, template: FrameTemplate) -> Delivery {
+        let mut shard = lock(&self.shards[self.shard_of_user(user)]);
+        let ids = shard.users.get(user).cloned().unwrap_or_default();
+        self.deliver_in_shard(&mut shard, ids.iter(), template)
+    }
+
+    /// Delivers to every connection of `session` except `except`. A session's connections
+    /// are all its user's, so they live in one shard.
     pub fn deliver_to_session(
         &self,
         session: &str,
         except: Option<&Uuid>,
-        frame: &dyn Fn(u64) -> String,
+        template: FrameTemplate,
     ) -> Delivery {
-        let mut total = Delivery::default();
-        for id in self.session_connections(session) {
-            if Some(&id) == except {
-                continue;
-            }
-            if let Some(d) = self.deliver(&id, frame) {
-                total.delivered += d.delivered;
-                total.stored += d.stored;
-                total.seq = d.seq;
-            }
-        }
-        total
+        let ids: Vec<Uuid> = self
+            .session_connections(session)
+            .into_iter()
+            .filter(|id| Some(id) != except)
+            .collect();
+        let Some(first) = ids.first() else {
+            return Delivery::default();
+        };
+        let Some(idx) = self.locate(first) else {
+            return Delivery::default();
+        };
+        let mut shard = lock(&self.shards[idx]);
+        self.deliver_in_shard(&mut shard, ids.iter(), template)
     }
 
     /// The client has everything up to `seq`: drop it from the replay buffer.
@@ -909,11 +895,8 @@ impl Registry {
                 return;
             }
             entry.rec.acked = upto;
-            entry.kept_from = entry.kept_from.max(upto + 1);
-            let start = keys::replay(id, 0);
-            let end = keys::replay(id, upto);
-            for k in self.trees.replay.range(start..=end).keys().flatten() {
-                let _ = self.trees.replay.remove(k);
+            while entry.ring.front().is_some_and(|(s, _)| *s <= upto) {
+                entry.ring.pop_front();
             }
         });
     }
@@ -1024,8 +1007,7 @@ impl Registry {
                 return Err(MigrateError::Exists);
             }
             let mut entry = self.remove_locked(shard, old_id).expect("checked");
-            self.unpersist(&entry.rec, true);
-            self.move_replay(old_id, &new_id);
+            self.unpersist(&entry.rec);
             entry.rec.id = new_id;
             if let Some(live) = &entry.live {
                 live.set_id(new_id);
@@ -1084,19 +1066,6 @@ impl Registry {
                 );
                 n += 1;
             }
-            // Trim replay buffers to their bound, one batch per shard.
-            let max = self.limits.replay_buffer_messages;
-            let mut batch = sled::Batch::default();
-            for (id, e) in shard.conns.iter_mut() {
-                if e.rec.seq >= e.kept_from.saturating_add(max) {
-                    let new_from = e.rec.seq - max + 1;
-                    for seq in e.kept_from..new_from {
-                        batch.remove(&keys::replay(id, seq)[..]);
-                    }
-                    e.kept_from = new_from;
-                }
-            }
-            self.apply_replay(batch);
         }
         n
     }
@@ -1118,36 +1087,6 @@ impl Registry {
                     continue;
                 }
             };
-            let seq_of = |k: sled::IVec| {
-                k.get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            };
-            let kept_from = self
-                .trees
-                .replay
-                .scan_prefix(rec.id.as_bytes())
-                .keys()
-                .next()
-                .and_then(|k| k.ok())
-                .and_then(seq_of)
-                .unwrap_or(rec.seq + 1);
-            // A crash may have kept frames whose seq the record never saw.
-            if let Some(Ok(last)) = self
-                .trees
-                .replay
-                .scan_prefix(rec.id.as_bytes())
-                .keys()
-                .next_back()
-            {
-                if let Some(s) = last
-                    .get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                {
-                    rec.seq = rec.seq.max(s);
-                }
-            }
             if rec.state != ConnState::Detached {
                 rec.state = ConnState::Detached;
                 rec.detached_at = Some(now);
@@ -1168,13 +1107,80 @@ impl Registry {
                     rec,
                     state: ConnState::Detached,
                     live: None,
-                    kept_from,
+                    ring: VecDeque::new(),
                 },
             );
             report.detached += 1;
         }
-        report.orphan_replay_buffers = self.remove_orphan_replay();
+        self.recover_deliveries(&mut report)?;
         Ok(report)
+    }
+
+    /// Rebuilds every replay buffer from the `deliveries` tree (in delivery order, which is
+    /// each connection's seq order), trims them to their bound, and raises a record's `seq`
+    /// to the highest it was given (the record may have been written before its last
+    /// delivery). Deliveries no buffer takes go to the garbage list.
+    fn recover_deliveries(&self, report: &mut RecoveryReport) -> Result<(), sled::Error> {
+        let mut by_key: HashMap<Uuid, Uuid> = HashMap::new();
+        for shard in self.shards.iter() {
+            for (id, e) in lock(shard).conns.iter() {
+                by_key.insert(e.rec.replay_key, *id);
+            }
+        }
+        let max = self.limits.replay_buffer_messages as usize;
+        let mut last = 0;
+        for item in self.trees.deliveries.iter() {
+            let (k, v) = item?;
+            let Some(id) = k.as_ref().try_into().ok().map(u64::from_be_bytes) else {
+                continue;
+            };
+            last = id;
+            let stored: StoredDelivery = match codec::decode(&v) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(delivery = id, error = %e, "skipping a stored delivery that does not decode; it is left in the store");
+                    continue;
+                }
+            };
+            let kind = match stored.kind.as_str() {
+                "message" => "message",
+                "session.updated" => "session.updated",
+                other => {
+                    tracing::error!(
+                        delivery = id,
+                        kind = other,
+                        "skipping a delivery of an unknown kind"
+                    );
+                    continue;
+                }
+            };
+            let delivered = Arc::new(Delivered {
+                id,
+                template: FrameTemplate {
+                    kind,
+                    rest: stored.rest,
+                },
+                garbage: self.garbage.clone(),
+            });
+            for (key, seq) in stored.targets {
+                let Some(conn) = by_key.get(&Uuid::from_bytes(key)) else {
+                    continue;
+                };
+                self.with_shard(conn, |shard| {
+                    let e = shard.conns.get_mut(conn).expect("checked");
+                    e.rec.seq = e.rec.seq.max(seq);
+                    if seq > e.rec.acked {
+                        e.ring.push_back((seq, delivered.clone()));
+                        while e.ring.len() > max {
+                            e.ring.pop_front();
+                        }
+                    }
+                });
+            }
+            report.deliveries += 1;
+        }
+        self.next_delivery.store(last + 1, Ordering::SeqCst);
+        Ok(())
     }
 
     // ----- figures -------------------------------------------------------------------
@@ -1312,5 +1318,5 @@ pub enum MigrateError {
 pub struct RecoveryReport {
     pub detached: usize,
     pub unreadable: usize,
-    pub orphan_replay_buffers: usize,
+    pub deliveries: usize,
 }

@@ -419,11 +419,12 @@ pub async fn run_reactor(bus: Arc<dyn Bus>, registry: Arc<Registry>) {
                     "ts": p["timestamp"],
                 })
                 .to_string();
-                // body is `{...}`; splice type and seq in front so each frame is built once.
-                let rest = &body[1..];
-                registry.deliver_to_session(sid, origin.as_ref(), &|seq| {
-                    format!("{{\"type\":\"session.updated\",\"seq\":{seq},{rest}")
-                });
+                // body is `{...}`: type and seq go in front of the rest, per connection.
+                let template = crate::registry::FrameTemplate {
+                    kind: "session.updated",
+                    rest: body[1..].to_string(),
+                };
+                registry.deliver_to_session(sid, origin.as_ref(), template);
             }
         }
     }

@@ -12,7 +12,7 @@
 //! | `events` | event seq (8) | [`crate::model::StoredEvent`] |
 //! | `sessions` | session id | [`crate::model::SessionRecord`] |
 //! | `sessions_by_user` | user id, 0, session id | empty |
-//! | `replay` | connection id (16), seq (8) | [`crate::model::ReplayEntry`] |
+//! | `deliveries` | delivery id (8) | [`crate::model::StoredDelivery`]: one per message sent, with every (connection, seq) it went to |
 //!
 //! `conns` and `sessions` are the truth; the index trees are rebuilt from them at start-up, so
 //! a crash between two tree writes never leaves a wrong answer behind.
@@ -114,7 +114,7 @@ pub struct Trees {
     pub events: sled::Tree,
     pub sessions: sled::Tree,
     pub sessions_by_user: sled::Tree,
-    pub replay: sled::Tree,
+    pub deliveries: sled::Tree,
 }
 
 impl Trees {
@@ -139,7 +139,7 @@ impl Trees {
             events: db.open_tree("events")?,
             sessions: db.open_tree("sessions")?,
             sessions_by_user: db.open_tree("sessions_by_user")?,
-            replay: db.open_tree("replay")?,
+            deliveries: db.open_tree("deliveries")?,
             db,
         };
         match trees.meta.get("schema_version")? {
@@ -272,13 +272,6 @@ pub mod keys {
         let mut k = [0u8; 24];
         k[..8].copy_from_slice(&expires_at.to_be_bytes());
         k[8..].copy_from_slice(id.as_bytes());
-        k
-    }
-
-    pub fn replay(id: &Uuid, seq: u64) -> [u8; 24] {
-        let mut k = [0u8; 24];
-        k[..16].copy_from_slice(id.as_bytes());
-        k[16..].copy_from_slice(&seq.to_be_bytes());
         k
     }
 

@@ -468,7 +468,7 @@ async fn replay_buffers_are_trimmed_to_their_bound_and_removed_with_their_connec
     // The sweeper trims once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.stop().await;
-    assert_eq!(inspect(&server.dir).await["replayEntries"], 3);
+    assert_eq!(inspect(&server.dir).await["deliveries"], 3);
 
     server.restart().await;
     let mut ws = server
@@ -485,7 +485,7 @@ async fn replay_buffers_are_trimmed_to_their_bound_and_removed_with_their_connec
     server.stop().await;
     let report = inspect(&server.dir).await;
     assert_eq!(report["connections"], 0, "{report}");
-    assert_eq!(report["replayEntries"], 0, "{report}");
+    assert_eq!(report["deliveries"], 0, "{report}");
 }
 
 #[tokio::test]
