@@ -64,10 +64,6 @@ impl Flusher {
         Flusher { inner }
     }
 
-    pub fn mode(&self) -> Durability {
-        self.inner.mode
-    }
-
     /// Returns once every write made before this call is on disk (in `sync` and `batched`
     /// mode). Fails only if the disk refuses the flush.
     pub async fn commit(&self) -> Result<(), sled::Error> {

@@ -195,6 +195,20 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::Connected,
+        EventType::Authenticated,
+        EventType::Disconnected,
+        EventType::Detached,
+        EventType::Resumed,
+        EventType::Migrated,
+        EventType::Evicted,
+        EventType::Expired,
+        EventType::Forced,
+        EventType::RateLimited,
+        EventType::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Connected => "connected",
@@ -212,22 +226,7 @@ impl EventType {
     }
 
     pub fn parse(s: &str) -> Option<EventType> {
-        use EventType::*;
-        [
-            Connected,
-            Authenticated,
-            Disconnected,
-            Detached,
-            Resumed,
-            Migrated,
-            Evicted,
-            Expired,
-            Forced,
-            RateLimited,
-            Error,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
+        EventType::ALL.into_iter().find(|e| e.as_str() == s)
     }
 }
 

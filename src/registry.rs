@@ -27,7 +27,7 @@ use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::model::{ConnRecord, ConnState, EventType, Metadata, StoredDelivery, StoredUser};
 use crate::store::{keys, Trees};
-use crate::time::{now_ms, rfc3339, Millis};
+use crate::time::{now_ms, Millis};
 use crate::transport::outbox::Outbox;
 
 const SHARDS: usize = 64;
@@ -1295,11 +1295,6 @@ impl Registry {
             }
         }
         (by_state, by_type)
-    }
-
-    /// Timestamp helper for API views.
-    pub fn expires_at_rfc3339(rec: &ConnRecord) -> String {
-        rfc3339(rec.expires_at)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::auth::{AuthMethod, AuthUser};
 use crate::error::Disconnect;
 use crate::metrics::Metrics;
 use crate::model::{ConnRecord, ConnType, Metadata, RateLimit};
-use crate::registry::{Registered, ResumeRequest};
+use crate::registry::{NewConn, Registered, ResumeRequest};
 use crate::time::{now_ms, rfc3339};
 
 /// The peer address of an HTTP connection, put into request extensions by the listener.
@@ -195,6 +195,24 @@ pub fn authenticate(app: &App, cred: &Presented) -> Result<Identity, Disconnect>
         Metrics::inc(&app.metrics.auth_failures);
     }
     result
+}
+
+/// The registration of a verified connection made now, with a new id.
+pub fn new_conn(
+    app: &App,
+    hs: &Handshake,
+    identity: Identity,
+    kind: ConnType,
+    resume: Option<ResumeRequest>,
+) -> NewConn {
+    let meta = metadata(app, hs, &identity.user, kind);
+    NewConn {
+        id: uuid::Uuid::new_v4(),
+        user: identity.user,
+        session_id: identity.session_id,
+        meta,
+        resume,
+    }
 }
 
 /// Fresh metadata for a connection made now.

@@ -97,11 +97,6 @@ impl Outbox {
             .clone()
     }
 
-    /// Whether the queue overflowed (the writer may be stuck on a socket that is not read).
-    pub fn overflowed(&self) -> bool {
-        self.closing().is_some_and(|d| d.code == 4010)
-    }
-
     /// Waits for frames or a close. Queued frames go out before a close, except after an
     /// overflow (the queue was dropped then).
     pub async fn next(&self) -> Next {
@@ -130,9 +125,5 @@ impl Outbox {
             }
             notified.await;
         }
-    }
-
-    pub fn queued_bytes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }

@@ -18,12 +18,12 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::outbox::Next;
-use super::{authenticate, metadata, welcome, Handshake};
+use super::{authenticate, new_conn, welcome, Handshake};
 use crate::api::Req;
 use crate::app::App;
 use crate::error::{Disconnect, Fate};
 use crate::model::ConnType;
-use crate::registry::{Live, NewConn, ResumeRequest};
+use crate::registry::{Live, ResumeRequest};
 
 fn refuse(status: StatusCode, d: &Disconnect) -> Response {
     let body = json!({"error": {"code": if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "unavailable" }, "message": d.reason, "closeCode": d.code}});
@@ -55,16 +55,8 @@ pub async fn handle(app: Arc<App>, req: &Req) -> Response {
         })
     });
     let trusted_resume = resume.as_ref().is_some_and(|r| r.token.is_empty());
-    let id = uuid::Uuid::new_v4();
-    let meta = metadata(&app, &hs, &identity.user, ConnType::Sse);
-    let linked_session = identity.session_id.clone();
-    let new = NewConn {
-        id,
-        user: identity.user,
-        session_id: identity.session_id,
-        meta,
-        resume,
-    };
+    let new = new_conn(&app, &hs, identity, ConnType::Sse, resume);
+    let (id, linked_session) = (new.id, new.session_id.clone());
     let reg = match app.registry.register_with(new, trusted_resume) {
         Ok(r) => r,
         Err(d) if d.code == 4501 => return refuse(StatusCode::UNAUTHORIZED, &d),

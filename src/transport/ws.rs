@@ -31,12 +31,12 @@ use warp::http::{header, Request, Response, StatusCode};
 use warp::reply::Reply;
 
 use super::outbox::Next;
-use super::{authenticate, metadata, welcome, Handshake, PeerAddr, Presented};
+use super::{authenticate, new_conn, welcome, Handshake, PeerAddr, Presented};
 use crate::app::App;
 use crate::error::{Disconnect, Fate};
 use crate::metrics::Metrics;
 use crate::model::{ConnType, EventType};
-use crate::registry::{Live, NewConn, ResumeRequest};
+use crate::registry::{Live, ResumeRequest};
 use crate::sessions::Source;
 use crate::time::{now_ms, Millis};
 
@@ -285,16 +285,8 @@ async fn establish(
             return None;
         }
     };
-    let id = uuid::Uuid::new_v4();
-    let meta = metadata(app, &hs, &identity.user, ConnType::WebSocket);
-    let linked_session = identity.session_id.clone();
-    let new = NewConn {
-        id,
-        user: identity.user,
-        session_id: identity.session_id,
-        meta,
-        resume,
-    };
+    let new = new_conn(app, &hs, identity, ConnType::WebSocket, resume);
+    let (id, linked_session) = (new.id, new.session_id.clone());
     let reg = match app.registry.register(new) {
         Ok(r) => r,
         Err(d) => {
