@@ -19,7 +19,11 @@ use crate::error::Disconnect;
 
 pub struct Outbox {
     inner: Mutex<Inner>,
-    notify: Notify,
+    /// Wakes the one writer (frames or a close to send). `notify_one` keeps a permit when
+    /// the writer is busy, so no wake-up is lost, and a push wakes nobody else.
+    ready: Notify,
+    /// Wakes whoever waits for a close ([`Outbox::closed`]).
+    closing: Notify,
     limit: usize,
 }
 
@@ -31,7 +35,7 @@ struct Inner {
 
 /// What the writer should do next.
 pub enum Next {
-    Send(Vec<Message>),
+    Send(VecDeque<Message>),
     Close(Disconnect),
 }
 
@@ -43,7 +47,8 @@ impl Outbox {
                 bytes: 0,
                 close: None,
             }),
-            notify: Notify::new(),
+            ready: Notify::new(),
+            closing: Notify::new(),
             limit,
         }
     }
@@ -65,7 +70,8 @@ impl Outbox {
             inner.frames.clear();
             inner.bytes = 0;
             drop(inner);
-            self.notify.notify_waiters();
+            self.ready.notify_one();
+            self.closing.notify_waiters();
             return false;
         }
         inner.bytes += len;
@@ -73,7 +79,7 @@ impl Outbox {
         let first = inner.frames.len() == 1;
         drop(inner);
         if first {
-            self.notify.notify_waiters();
+            self.ready.notify_one();
         }
         true
     }
@@ -85,7 +91,8 @@ impl Outbox {
             inner.close = Some(d);
         }
         drop(inner);
-        self.notify.notify_waiters();
+        self.ready.notify_one();
+        self.closing.notify_waiters();
     }
 
     /// The close asked for, if any.
@@ -99,27 +106,28 @@ impl Outbox {
 
     /// Waits for frames or a close. Queued frames go out before a close, except after an
     /// overflow (the queue was dropped then).
+    ///
+    /// There is one writer per outbox: it is the only one to wait here.
     pub async fn next(&self) -> Next {
         loop {
-            let notified = self.notify.notified();
             {
                 let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
                 if !inner.frames.is_empty() {
                     inner.bytes = 0;
-                    return Next::Send(inner.frames.drain(..).collect());
+                    return Next::Send(std::mem::take(&mut inner.frames));
                 }
                 if let Some(d) = &inner.close {
                     return Next::Close(d.clone());
                 }
             }
-            notified.await;
+            self.ready.notified().await;
         }
     }
 
     /// Waits until a close is asked for.
     pub async fn closed(&self) -> Disconnect {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.closing.notified();
             if let Some(d) = self.closing() {
                 return d;
             }
