@@ -512,7 +512,8 @@ impl Registry {
                 user: StoredUser::from(&new.user),
                 session_id: new.session_id,
                 state: ConnState::Authenticated,
-                connected_at: now,
+                // One instant for both: metadata.connectedAt must equal connectedAt.
+                connected_at: new.meta.connected_at,
                 expires_at: now + self.limits.ttl_seconds as i64 * 1000,
                 detached_at: None,
                 meta: new.meta,
