@@ -93,7 +93,7 @@ impl StoredUser {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct RateLimit {
     pub messages_per_minute: u32,
     pub last_reset: Millis,

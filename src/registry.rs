@@ -902,6 +902,11 @@ impl Registry {
         });
     }
 
+    /// The connection's rate-limit state (limit, window start, count in the window).
+    pub fn rate_limit(&self, id: &Uuid) -> Option<crate::model::RateLimit> {
+        self.with_shard(id, |shard| shard.conns[id].rec.meta.rate_limit)
+    }
+
     /// Records activity and rate-limit state in memory (written back lazily, never per frame).
     pub fn touch(&self, id: &Uuid, at: Millis, window_start: Millis, count: u32) {
         self.with_shard(id, |shard| {

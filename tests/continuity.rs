@@ -559,3 +559,46 @@ async fn an_unreadable_record_is_skipped_and_left_in_the_store() {
     assert_eq!(report["connections"], 2, "the bad record is kept: {report}");
     assert_eq!(report["unreadableConnections"], 1, "{report}");
 }
+
+#[tokio::test]
+async fn rate_limit_state_carries_over_a_resume() {
+    let server = Server::start(&["--messages-per-minute", "5"]).await;
+    let (mut ws, welcome) = server.connect("pia").await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    for i in 0..4 {
+        ws.send(json!({"type": "ping", "id": i})).await;
+        ws.recv_type("pong").await;
+    }
+    // Lost without a close frame: the connection is kept, with what it used of its limit.
+    drop(ws);
+    let mut detached = false;
+    for _ in 0..100 {
+        let (_, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+        if info["state"] == "detached" {
+            detached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        detached,
+        "a socket lost without a close frame leaves its connection detached"
+    );
+    let mut ws = server
+        .ws(&resume_query(&server, "pia", &welcome, Some(0)))
+        .await;
+    assert_eq!(ws.recv_type("welcome").await["resumed"], true);
+    ws.send(json!({"type": "ping", "id": 5})).await;
+    assert_eq!(
+        ws.recv().await["type"],
+        "pong",
+        "the fifth frame of the minute is allowed"
+    );
+    ws.send(json!({"type": "ping", "id": 6})).await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["code"], "rate_limited",
+        "the sixth is over the limit carried over"
+    );
+}

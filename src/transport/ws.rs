@@ -465,14 +465,21 @@ impl<T: CellValue> Cell<T> {
 }
 
 impl<'a> ConnTask<'a> {
+    /// Starts from the rate-limit window the record carries: a resumed connection keeps
+    /// what it had used.
     fn new(app: &'a App, live: &'a Arc<Live>) -> Self {
         let now = now_ms();
+        let (window_start, window_count) = app
+            .registry
+            .rate_limit(&live.id())
+            .map(|r| (r.last_reset, r.count))
+            .unwrap_or((now, 0));
         ConnTask {
             app,
             live,
             last_seen: Cell::new(now),
-            window_start: Cell::new(now),
-            window_count: Cell::new(0),
+            window_start: Cell::new(window_start),
+            window_count: Cell::new(window_count),
             bad_start: Cell::new(now),
             bad_count: Cell::new(0),
             last_touch: Cell::new(now),
@@ -519,8 +526,8 @@ impl<'a> ConnTask<'a> {
         let limit = self
             .app
             .registry
-            .record(&self.live.id())
-            .map(|(r, _)| r.meta.rate_limit.messages_per_minute)
+            .rate_limit(&self.live.id())
+            .map(|r| r.messages_per_minute)
             .unwrap_or(self.app.config.messages_per_minute);
         if n > limit.saturating_mul(2) {
             self.close(Disconnect::rate_abuse());
