@@ -411,3 +411,73 @@ async fn max_total_refuses_the_connection_past_it_with_1013() {
     let (_d, wd) = server.connect("u4").await;
     assert_eq!(wd["userId"], "u4");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_4010_and_slows_nobody() {
+    let server = Server::start(&[
+        "--outbound-queue-bytes",
+        "65536",
+        "--replay-buffer-messages",
+        "1000",
+    ])
+    .await;
+    let (stuck, welcome) = server.connect("quinn").await;
+    let stuck_id = welcome["connectionId"].as_str().unwrap().to_string();
+    let (mut other, _) = server.connect("rosa").await;
+
+    // Never read `stuck` again; fill its socket buffers and then its queue.
+    let chunk = "x".repeat(60_000);
+    let mut closed = false;
+    let mut served_during = false;
+    for i in 0..2000 {
+        let (status, _) = server
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/v1/connections/{stuck_id}/messages"),
+                json!({"data": {"i": i, "pad": chunk}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        if i == 30 {
+            // Well into the flood: the other connection is served as usual.
+            let (status, _) = server
+                .send_json(
+                    reqwest::Method::POST,
+                    "/v1/users/rosa/messages",
+                    json!({"data": i}),
+                )
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(other.recv_type("message").await["data"], i);
+            served_during = true;
+        }
+        if i % 20 == 19 {
+            let (_, info) = server
+                .get_json(&format!("/v1/connections/{stuck_id}"))
+                .await;
+            if info["state"] == "detached" {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the stuck client was never closed");
+    assert!(
+        served_during,
+        "the stuck client was closed before the check of the other"
+    );
+    let (_, events) = server
+        .get_json(&format!("/v1/events?connectionId={stuck_id}&type=detached"))
+        .await;
+    assert_eq!(events[0]["details"]["code"], 4010, "{events}");
+    let (status, _) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/users/rosa/messages",
+            json!({"data": "after"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(other.recv_type("message").await["data"], "after");
+    drop(stuck);
+}
