@@ -19,6 +19,12 @@ async fn message_user(server: &Server, user: &str, data: Value) -> Value {
     body
 }
 
+/// `GET /v1/connections/{id}` of the connection a welcome named.
+async fn connection(server: &Server, welcome: &Value) -> (u16, Value) {
+    let id = welcome["connectionId"].as_str().unwrap();
+    server.get_json(&format!("/v1/connections/{id}")).await
+}
+
 fn resume_query(server: &Server, user: &str, welcome: &Value, last_seq: Option<u64>) -> String {
     let mut q = format!(
         "token={}&resume={}&resume_token={}",
@@ -160,12 +166,7 @@ async fn resume_with_wrong_token_connects_fresh_with_a_reason() {
     assert!(w["resumeError"].as_str().unwrap().contains("token"), "{w}");
     assert_ne!(w["connectionId"], welcome["connectionId"]);
     // The old one is untouched, still resumable with the right token.
-    let (status, _) = server
-        .get_json(&format!(
-            "/v1/connections/{}",
-            welcome["connectionId"].as_str().unwrap()
-        ))
-        .await;
+    let (status, _) = connection(&server, &welcome).await;
     assert_eq!(status, 200);
 }
 
@@ -210,12 +211,7 @@ async fn resume_of_another_users_connection_is_refused_and_leaves_it_alone() {
     let closed = ws.closed().await;
     assert_eq!(closed.code, Some(4501));
     assert!(closed.disconnect.is_some());
-    let (status, info) = server
-        .get_json(&format!(
-            "/v1/connections/{}",
-            welcome["connectionId"].as_str().unwrap()
-        ))
-        .await;
+    let (status, info) = connection(&server, &welcome).await;
     assert_eq!(status, 200);
     assert_eq!(info["userId"], "dave");
     // dave can still resume it.
@@ -369,12 +365,7 @@ async fn backup_of_a_running_server_restores_into_a_new_directory() {
     let (status, s) = server2.get_json(&format!("/v1/sessions/{sid}")).await;
     assert_eq!(status, 200);
     assert_eq!(s["data"]["theme"], "dark");
-    let (status, c) = server2
-        .get_json(&format!(
-            "/v1/connections/{}",
-            welcome["connectionId"].as_str().unwrap()
-        ))
-        .await;
+    let (status, c) = connection(&server2, &welcome).await;
     assert_eq!(status, 200);
     assert_eq!(c["state"], "detached");
     // And the client resumes on the restored server.
