@@ -899,6 +899,9 @@ impl Registry {
             while entry.ring.front().is_some_and(|(s, _)| *s <= upto) {
                 entry.ring.pop_front();
             }
+            // The deliveries let go here are what recovery reads `seq` back from; the record
+            // keeps it instead, so a restart never hands out a seq the client already has.
+            self.persist(&entry.rec, Some(entry.rec.expires_at));
         });
     }
 

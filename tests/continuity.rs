@@ -593,3 +593,32 @@ async fn rate_limit_state_carries_over_a_resume() {
         "the sixth is over the limit carried over"
     );
 }
+
+#[tokio::test]
+async fn seq_keeps_counting_after_everything_was_acked_and_the_server_was_killed() {
+    let mut server = Server::start(&[]).await;
+    let (mut ws, welcome) = server.connect("quin").await;
+    for n in 1..=3 {
+        message_user(&server, "quin", json!(n)).await;
+        ws.recv_type("message").await;
+    }
+    ws.send(json!({"type": "ack", "seq": 3, "id": "a"})).await;
+    ws.recv_type("ack").await;
+    // Let the sweeper remove the acknowledged deliveries, then crash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9().await;
+    drop(ws);
+    server.restart().await;
+    let mut ws = server
+        .ws(&resume_query(&server, "quin", &welcome, Some(3)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true);
+    assert_eq!(w["seq"], 3, "{w}");
+    message_user(&server, "quin", json!(4)).await;
+    assert_eq!(
+        ws.recv_type("message").await["seq"],
+        4,
+        "a seq is never handed out twice"
+    );
+}
