@@ -1591,3 +1591,32 @@ async fn a_second_server_on_the_same_directory_fails_at_once() {
     let (_ws, w) = server.connect("still-first").await;
     assert_eq!(info(&server, &id_of(&w)).await.1["state"], "active");
 }
+
+#[tokio::test]
+async fn metrics_can_be_put_behind_a_key() {
+    let server = Server::start(&["--metrics-require-key"]).await;
+    let open = common::http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 401);
+    let keyed = server
+        .admin(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 200);
+    assert!(keyed
+        .text()
+        .await
+        .unwrap()
+        .contains("tether_connects_total"));
+    // Liveness and readiness stay open.
+    let health = common::http()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
