@@ -38,3 +38,32 @@ async fn connect_welcome_message_and_lookup() {
     let (status, _) = server.get_json(&format!("/v1/connections/{id}")).await;
     assert_eq!(status, 404, "a clean close removes the connection at once");
 }
+
+#[tokio::test]
+async fn a_token_from_the_token_command_connects() {
+    let server = Server::start(&[]).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "token",
+            "--user",
+            "tina",
+            "--permissions",
+            "chat",
+            "--data-dir",
+        ])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut ws = server.ws(&format!("token={token}")).await;
+    let welcome = ws.recv_type("welcome").await;
+    assert_eq!(welcome["userId"], "tina");
+    let id = welcome["connectionId"].as_str().unwrap();
+    let (_, user) = server.get_json(&format!("/v1/connections/{id}/user")).await;
+    assert_eq!(user["permissions"], json!(["chat"]));
+}
