@@ -248,15 +248,7 @@ where
         .path
         .trim_start_matches('/')
         .split('/')
-        .map(|s| {
-            // Percent-decoded as a path segment, not a form field: `+` and `&` are plain
-            // characters here (`bob+1@example.com` is a user id, not "bob 1@example.com").
-            let s = s.replace('+', "%2B").replace('&', "%26");
-            crate::transport::query_pairs(Some(&format!("x={s}")))
-                .pop()
-                .map(|(_, v)| v)
-                .unwrap_or_default()
-        })
+        .map(crate::transport::path_segment)
         .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let m = &req.method;

@@ -49,18 +49,25 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
+            (percent_decode(k, true), percent_decode(v, true))
         })
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes one URL path segment: `%XX` escapes only; `+` is a plain character in a path
+/// (`bob+1@example.com` is a user id, not "bob 1@example.com").
+pub fn path_segment(s: &str) -> String {
+    percent_decode(s, false)
+}
+
+/// `%XX` escapes, and in a query (form encoding) `+` for a space.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < b.len() => {
                 let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
