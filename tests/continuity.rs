@@ -316,46 +316,30 @@ async fn backup_of_a_running_server_restores_into_a_new_directory() {
     assert_eq!(status, 201);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("snap.tbk");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["backup", "--out"])
-        .arg(&file)
-        .args([
-            "--server",
-            &format!("http://{}", server.addr),
-            "--api-key",
-            &server.admin_key,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let server_url = format!("http://{}", server.addr);
+    common::cli_ok(&[
+        "backup",
+        "--out",
+        common::arg(&file),
+        "--server",
+        &server_url,
+        "--api-key",
+        &server.admin_key,
+    ]);
     drop(ws);
     server.kill9().await;
 
     let restored = tmp.path().join("restored");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let restore = [
+        "restore",
+        "--from",
+        common::arg(&file),
+        "--data-dir",
+        common::arg(&restored),
+    ];
+    common::cli_ok(&restore);
     // Restoring over a non-empty directory is refused.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&restored)
-        .output()
-        .unwrap();
+    let again = common::cli(&restore);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
@@ -379,11 +363,7 @@ async fn backup_of_a_running_server_restores_into_a_new_directory() {
 async fn inspect_reports_a_stopped_directory_and_refuses_a_running_one() {
     let mut server = Server::start(&[]).await;
     let (_ws, _) = server.connect("kim").await;
-    let busy = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&server.dir)
-        .output()
-        .unwrap();
+    let busy = common::cli(&["inspect", "--json", "--data-dir", common::arg(&server.dir)]);
     assert!(!busy.status.success());
     assert!(
         String::from_utf8_lossy(&busy.stderr).contains("in use"),
@@ -391,17 +371,7 @@ async fn inspect_reports_a_stopped_directory_and_refuses_a_running_one() {
         String::from_utf8_lossy(&busy.stderr)
     );
     server.stop().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&server.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = inspect(&server.dir).await;
     assert_eq!(report["connections"], 1);
     assert_eq!(report["schemaVersion"], 1);
 }
@@ -425,16 +395,7 @@ async fn a_store_with_an_unknown_schema_version_is_refused() {
 }
 
 async fn inspect(dir: &std::path::Path) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli_ok(&["inspect", "--json", "--data-dir", common::arg(dir)]);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -42,23 +42,15 @@ async fn connect_welcome_message_and_lookup() {
 #[tokio::test]
 async fn a_token_from_the_token_command_connects() {
     let server = Server::start(&[]).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "token",
-            "--user",
-            "tina",
-            "--permissions",
-            "chat",
-            "--data-dir",
-        ])
-        .arg(&server.dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli_ok(&[
+        "token",
+        "--user",
+        "tina",
+        "--permissions",
+        "chat",
+        "--data-dir",
+        common::arg(&server.dir),
+    ]);
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut ws = server.ws(&format!("token={token}")).await;
     let welcome = ws.recv_type("welcome").await;

@@ -195,6 +195,31 @@ impl Drop for Server {
     }
 }
 
+/// Runs the `tether` command with `args` and waits for it.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .output()
+        .expect("run tether")
+}
+
+/// [`cli`], failing the test with the command's stderr unless it succeeded.
+pub fn cli_ok(args: &[&str]) -> std::process::Output {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "tether {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A path as a command-line argument (temporary paths are UTF-8).
+pub fn arg(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -277,6 +302,19 @@ pub struct Closed {
     pub disconnect: Option<Value>,
 }
 
+impl Closed {
+    fn from_frame(
+        f: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+        disconnect: &Option<Value>,
+    ) -> Closed {
+        Closed {
+            code: f.as_ref().map(|f| u16::from(f.code)),
+            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+            disconnect: disconnect.clone(),
+        }
+    }
+}
+
 impl Ws {
     pub async fn connect(url: String, headers: &[(&str, &str)]) -> Ws {
         let mut req = url.into_client_request().unwrap();
@@ -354,21 +392,9 @@ impl Ws {
                             self.disconnect = Some(v);
                         }
                     }
-                    Some(Ok(Message::Close(f))) => {
-                        return Closed {
-                            code: f.as_ref().map(|f| u16::from(f.code)),
-                            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                            disconnect: self.disconnect.clone(),
-                        }
-                    }
+                    Some(Ok(Message::Close(f))) => return Closed::from_frame(f, &self.disconnect),
                     Some(Ok(_)) => continue,
-                    None | Some(Err(_)) => {
-                        return Closed {
-                            code: None,
-                            reason: String::new(),
-                            disconnect: self.disconnect.clone(),
-                        }
-                    }
+                    None | Some(Err(_)) => return Closed::from_frame(None, &self.disconnect),
                 }
             }
         })
@@ -405,20 +431,10 @@ impl Ws {
                         // close reply, so the server can finish at once.
                         let _ =
                             tokio::time::timeout(Duration::from_secs(1), self.inner.next()).await;
-                        break Closed {
-                            code: f.as_ref().map(|f| u16::from(f.code)),
-                            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                            disconnect: self.disconnect.clone(),
-                        };
+                        break Closed::from_frame(f, &self.disconnect);
                     }
                     Some(Ok(_)) => continue,
-                    None | Some(Err(_)) => {
-                        break Closed {
-                            code: None,
-                            reason: String::new(),
-                            disconnect: self.disconnect.clone(),
-                        }
-                    }
+                    None | Some(Err(_)) => break Closed::from_frame(None, &self.disconnect),
                 }
             }
         })
