@@ -29,6 +29,13 @@ fn conn_id(welcome: &Value) -> String {
 }
 
 /// A WebSocket authenticated by session id through the query (`session_id=`).
+/// `PATCH /v1/sessions/{sid}` with the admin key.
+async fn patch_session(server: &Server, sid: &str, body: Value) -> (u16, Value) {
+    server
+        .send_json(Method::PATCH, &format!("/v1/sessions/{sid}"), body)
+        .await
+}
+
 async fn ws_session(server: &Server, sid: &str) -> (Ws, Value) {
     let mut ws = server.ws(&format!("session_id={sid}")).await;
     let w = ws.recv_type("welcome").await;
@@ -110,13 +117,12 @@ async fn session_crud_merge_list_and_ids() {
     server.create_session(json!({"userId": "bob"})).await;
 
     // Merge: objects merge key by key, null removes, anything else replaces.
-    let (status, patched) = server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"data": {"cart": {"items": 2, "coupon": null}, "lang": "fi"}}),
-        )
-        .await;
+    let (status, patched) = patch_session(
+        &server,
+        &sid,
+        json!({"data": {"cart": {"items": 2, "coupon": null}, "lang": "fi"}}),
+    )
+    .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(
         patched["data"],
@@ -127,13 +133,7 @@ async fn session_crud_merge_list_and_ids() {
     assert_eq!(got["data"], patched["data"], "the merge was not stored");
 
     // A new TTL moves expiresAt.
-    let (status, short) = server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"ttlSeconds": 30}),
-        )
-        .await;
+    let (status, short) = patch_session(&server, &sid, json!({"ttlSeconds": 30})).await;
     assert_eq!(status, 200, "{short}");
     assert!(short["expiresAt"].as_str() < got["expiresAt"].as_str());
 
@@ -176,13 +176,7 @@ async fn session_crud_merge_list_and_ids() {
     let (status, e) = server.get_json(&format!("/v1/sessions/{sid}")).await;
     assert_eq!(status, 404, "{e}");
     assert_eq!(e["error"]["code"], "not_found");
-    let (status, _) = server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"data": {}}),
-        )
-        .await;
+    let (status, _) = patch_session(&server, &sid, json!({"data": {}})).await;
     assert_eq!(status, 404);
     let r = server
         .admin(Method::DELETE, &format!("/v1/sessions/{sid}"))
@@ -371,13 +365,7 @@ async fn http_update_reaches_every_connection_of_the_session() {
     let (mut elsewhere, _) = ws_session(&server, &other_sid).await;
 
     for n in 1..=3u64 {
-        let (status, body) = server
-            .send_json(
-                Method::PATCH,
-                &format!("/v1/sessions/{sid}"),
-                json!({"data": {"n": n}}),
-            )
-            .await;
+        let (status, body) = patch_session(&server, &sid, json!({"data": {"n": n}})).await;
         assert_eq!(status, 200, "{body}");
         for ws in [&mut a, &mut b] {
             let f = ws.recv().await;
@@ -528,13 +516,7 @@ async fn expiry_closes_the_session_connections_with_4503() {
     );
     let (mut a, _) = ws_session(&server, &sid).await;
     let (mut b, _) = ws_session(&server, &sid).await;
-    let (status, body) = server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"ttlSeconds": 1}),
-        )
-        .await;
+    let (status, body) = patch_session(&server, &sid, json!({"ttlSeconds": 1})).await;
     assert_eq!(status, 200, "{body}");
     let t0 = Instant::now();
     // The TTL-only PATCH is an (empty) update.
@@ -659,13 +641,7 @@ async fn bus_stream_carries_session_and_connection_events() {
     assert_eq!(p["userId"], "lee");
     assert!(p["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
 
-    server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"data": {"x": 1}}),
-        )
-        .await;
+    patch_session(&server, &sid, json!({"data": {"x": 1}})).await;
     let p = all.event_named("session:updates").await.json();
     assert_eq!(p["sessionId"], sid);
     assert_eq!(p["updates"], json!({"x": 1}));
@@ -793,13 +769,7 @@ async fn slow_bus_subscriber_does_not_stop_delivery() {
 
     // The bus still works for a new subscriber, and the figures show it.
     let mut fresh = server.bus("session:updates").await;
-    server
-        .send_json(
-            Method::PATCH,
-            &format!("/v1/sessions/{sid}"),
-            json!({"data": {"last": true}}),
-        )
-        .await;
+    patch_session(&server, &sid, json!({"data": {"last": true}})).await;
     assert_eq!(fresh.event().await.json()["updates"], json!({"last": true}));
     let (_, health) = server.get_json("/v1/health").await;
     assert!(
@@ -837,13 +807,7 @@ async fn health_and_metrics_show_sessions_and_bus() {
     let sid = sid_of(&server.create_session(json!({"userId": "ned"})).await);
     server.create_session(json!({"userId": "ned"})).await;
     for n in 0..3 {
-        server
-            .send_json(
-                Method::PATCH,
-                &format!("/v1/sessions/{sid}"),
-                json!({"data": {"n": n}}),
-            )
-            .await;
+        patch_session(&server, &sid, json!({"data": {"n": n}})).await;
     }
     // Bus events follow the flush that makes their write durable: give the last one a moment.
     let mut h = Value::Null;
