@@ -905,6 +905,15 @@ impl Registry {
         });
     }
 
+    /// Who a connection is: its user id and linked session (what a frame handler needs,
+    /// without a copy of the whole record).
+    pub fn identity(&self, id: &Uuid) -> Option<(String, Option<String>)> {
+        self.with_shard(id, |shard| {
+            let rec = &shard.conns[id].rec;
+            (rec.user.id.clone(), rec.session_id.clone())
+        })
+    }
+
     /// The connection's rate-limit state (limit, window start, count in the window).
     pub fn rate_limit(&self, id: &Uuid) -> Option<crate::model::RateLimit> {
         self.with_shard(id, |shard| shard.conns[id].rec.meta.rate_limit)

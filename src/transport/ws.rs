@@ -658,11 +658,11 @@ impl<'a> ConnTask<'a> {
             return self.error("bad_frame", "refresh needs a `token`", id);
         };
         let conn = self.live.id();
-        let Some((rec, _)) = self.app.registry.record(&conn) else {
+        let Some((user, _)) = self.app.registry.identity(&conn) else {
             return;
         };
         match self.app.auth.verify_jwt(token) {
-            Ok(v) if v.user.id == rec.user.id => {
+            Ok(v) if v.user.id == user => {
                 if let Some(info) = self
                     .app
                     .registry
@@ -683,10 +683,10 @@ impl<'a> ConnTask<'a> {
 
     fn session_update(&self, updates: &Value, id: Option<&Value>) {
         let conn = self.live.id();
-        let Some((rec, _)) = self.app.registry.record(&conn) else {
+        let Some((_, session)) = self.app.registry.identity(&conn) else {
             return;
         };
-        let Some(sid) = rec.session_id else {
+        let Some(sid) = session else {
             return self.error(
                 "no_session",
                 "this connection is not linked to a session",
