@@ -17,8 +17,9 @@
 //! [`durability`] makes writes durable with one shared flush per burst (group commit) before
 //! anything is acknowledged.
 //!
-//! Each connection has an [`transport::outbox::Outbox`]: a bounded queue that producers fill
-//! without waiting and the connection's writer drains. Every `message` and
+//! Each connection has an [`transport::outbox::Outbox`]: producers hand it frames without
+//! waiting; a WebSocket's outbox writes them to the socket at once and queues, boundedly,
+//! only what the socket does not take, which the connection's writer sends later. Every `message` and
 //! `session.updated` a connection is sent gets the next `seq` and is also kept in its replay
 //! buffer in sled, so a client that comes back after a restart or a lost socket resumes
 //! ([`registry::Registry::register`] migrates the old record to the new id) and is sent

@@ -57,12 +57,21 @@ impl Live {
         })
     }
 
+    /// A WebSocket's side, made at the upgrade (its outbox owns the socket's write half, and
+    /// the handshake already writes through it). It has no id until [`Live::set_id`].
+    pub fn wired(outbox: Outbox) -> Arc<Live> {
+        Arc::new(Live {
+            outbox,
+            id: Mutex::new(Uuid::nil()),
+        })
+    }
+
     /// The connection's current id (an operator's migrate may change it under a live socket).
     pub fn id(&self) -> Uuid {
         *self.id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_id(&self, id: Uuid) {
+    pub fn set_id(&self, id: Uuid) {
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = id;
     }
 }

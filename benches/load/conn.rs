@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -214,8 +215,9 @@ pub struct Stats {
     failed: AtomicU64,
     open_now: AtomicI64,
     finished: AtomicU64,
-    messages: AtomicU64,
-    session_updates: AtomicU64,
+    /// What every received frame updates, one stripe per worker thread: the two threads of
+    /// a load process must not fight over one cache line per frame.
+    hot: Box<[Hot]>,
     server_closed: AtomicU64,
     clean_closed: AtomicU64,
     unclean_closed: AtomicU64,
@@ -227,16 +229,44 @@ pub struct Stats {
     expected_recovered: AtomicU64,
     first_attempt_ns: AtomicU64,
     last_open_ns: AtomicU64,
-    first_frame_ns: AtomicU64,
-    last_frame_ns: AtomicU64,
     last_reconnect_ns: AtomicU64,
     last_resumed_ns: AtomicU64,
     welcome: Mutex<Histogram<u64>>,
     tcp: Mutex<Histogram<u64>>,
-    delivery: Mutex<Histogram<u64>>,
     resume: Mutex<Histogram<u64>>,
     resume_tcp: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+}
+
+const STRIPES: usize = 8;
+
+#[repr(align(128))]
+struct Hot {
+    messages: AtomicU64,
+    session_updates: AtomicU64,
+    first_frame_ns: AtomicU64,
+    last_frame_ns: AtomicU64,
+    delivery: Mutex<Histogram<u64>>,
+}
+
+impl Hot {
+    fn new() -> Hot {
+        Hot {
+            messages: AtomicU64::new(0),
+            session_updates: AtomicU64::new(0),
+            first_frame_ns: AtomicU64::new(u64::MAX),
+            last_frame_ns: AtomicU64::new(0),
+            delivery: Mutex::new(util::new_hist()),
+        }
+    }
+}
+
+/// This thread's stripe of `Stats::hot`.
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static MINE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES);
+    MINE.with(|m| *m)
 }
 
 impl Stats {
@@ -247,8 +277,7 @@ impl Stats {
             failed: AtomicU64::new(0),
             open_now: AtomicI64::new(0),
             finished: AtomicU64::new(0),
-            messages: AtomicU64::new(0),
-            session_updates: AtomicU64::new(0),
+            hot: (0..STRIPES).map(|_| Hot::new()).collect(),
             server_closed: AtomicU64::new(0),
             clean_closed: AtomicU64::new(0),
             unclean_closed: AtomicU64::new(0),
@@ -260,13 +289,10 @@ impl Stats {
             expected_recovered: AtomicU64::new(0),
             first_attempt_ns: AtomicU64::new(u64::MAX),
             last_open_ns: AtomicU64::new(0),
-            first_frame_ns: AtomicU64::new(u64::MAX),
-            last_frame_ns: AtomicU64::new(0),
             last_reconnect_ns: AtomicU64::new(0),
             last_resumed_ns: AtomicU64::new(0),
             welcome: Mutex::new(util::new_hist()),
             tcp: Mutex::new(util::new_hist()),
-            delivery: Mutex::new(util::new_hist()),
             resume: Mutex::new(util::new_hist()),
             resume_tcp: Mutex::new(util::new_hist()),
             errors: Mutex::new(BTreeMap::new()),
@@ -277,16 +303,48 @@ impl Stats {
         *self.errors.lock().unwrap().entry(key.into()).or_default() += 1;
     }
 
+    /// A received `message` frame, sent at `sent_ns` if it says so.
+    fn on_message(&self, at: u64, sent_ns: Option<u64>) {
+        let h = &self.hot[stripe()];
+        h.messages.fetch_add(1, Relaxed);
+        if h.first_frame_ns.load(Relaxed) == u64::MAX {
+            h.first_frame_ns.fetch_min(at.max(1), Relaxed);
+        }
+        h.last_frame_ns.fetch_max(at, Relaxed);
+        if let Some(sent) = sent_ns {
+            util::record_us(
+                &mut h.delivery.lock().unwrap(),
+                at.saturating_sub(sent) / 1000,
+            );
+        }
+    }
+
+    fn on_session_update(&self, at: u64) {
+        let h = &self.hot[stripe()];
+        h.session_updates.fetch_add(1, Relaxed);
+        h.last_frame_ns.fetch_max(at, Relaxed);
+    }
+
+    fn delivery(&self) -> Histogram<u64> {
+        let mut all = util::new_hist();
+        for h in self.hot.iter() {
+            all.add(&*h.delivery.lock().unwrap())
+                .expect("same histogram bounds");
+        }
+        all
+    }
+
     pub fn counts(&self) -> Counts {
         let unset = |v: u64| if v == u64::MAX { 0 } else { v };
+        let sum = |f: fn(&Hot) -> &AtomicU64| self.hot.iter().map(|h| f(h).load(Relaxed)).sum();
         Counts {
             attempts: self.attempts.load(Relaxed),
             opened: self.opened.load(Relaxed),
             failed: self.failed.load(Relaxed),
             open_now: self.open_now.load(Relaxed),
             finished: self.finished.load(Relaxed),
-            messages: self.messages.load(Relaxed),
-            session_updates: self.session_updates.load(Relaxed),
+            messages: sum(|h| &h.messages),
+            session_updates: sum(|h| &h.session_updates),
             server_closed: self.server_closed.load(Relaxed),
             clean_closed: self.clean_closed.load(Relaxed),
             unclean_closed: self.unclean_closed.load(Relaxed),
@@ -298,8 +356,19 @@ impl Stats {
             expected_recovered: self.expected_recovered.load(Relaxed),
             first_attempt_ns: unset(self.first_attempt_ns.load(Relaxed)),
             last_open_ns: self.last_open_ns.load(Relaxed),
-            first_frame_ns: unset(self.first_frame_ns.load(Relaxed)),
-            last_frame_ns: self.last_frame_ns.load(Relaxed),
+            first_frame_ns: unset(
+                self.hot
+                    .iter()
+                    .map(|h| h.first_frame_ns.load(Relaxed))
+                    .min()
+                    .unwrap_or(u64::MAX),
+            ),
+            last_frame_ns: self
+                .hot
+                .iter()
+                .map(|h| h.last_frame_ns.load(Relaxed))
+                .max()
+                .unwrap_or(0),
             last_reconnect_ns: self.last_reconnect_ns.load(Relaxed),
             last_resumed_ns: self.last_resumed_ns.load(Relaxed),
         }
@@ -310,7 +379,7 @@ impl Stats {
             counts: self.counts(),
             welcome: util::hist_to_b64(&self.welcome.lock().unwrap()),
             tcp: util::hist_to_b64(&self.tcp.lock().unwrap()),
-            delivery: util::hist_to_b64(&self.delivery.lock().unwrap()),
+            delivery: util::hist_to_b64(&self.delivery()),
             resume: util::hist_to_b64(&self.resume.lock().unwrap()),
             resume_tcp: util::hist_to_b64(&self.resume_tcp.lock().unwrap()),
             errors: self.errors.lock().unwrap().clone(),
@@ -322,7 +391,7 @@ impl Stats {
             counts: self.counts(),
             welcome: self.welcome.lock().unwrap().clone(),
             tcp: self.tcp.lock().unwrap().clone(),
-            delivery: self.delivery.lock().unwrap().clone(),
+            delivery: self.delivery(),
             resume: self.resume.lock().unwrap().clone(),
             resume_tcp: self.resume_tcp.lock().unwrap().clone(),
             errors: self.errors.lock().unwrap().clone(),
@@ -484,6 +553,84 @@ fn token_query(auth: &Auth) -> String {
     }
 }
 
+/// Why a connection's read loop stopped.
+enum Event {
+    Command { gone: bool },
+    Timer,
+    ServerClosed(u16),
+    Lost(String),
+}
+
+/// The fields of a server frame the figures need, read without building a JSON tree.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    seq: Option<u64>,
+    code: Option<u64>,
+    data: Option<SentAt>,
+}
+
+#[derive(Deserialize)]
+struct SentAt {
+    t: Option<u64>,
+}
+
+/// Where a connection records the frames it receives.
+struct Seen<'a> {
+    stats: &'a Stats,
+    tap: Option<&'a mpsc::UnboundedSender<Tap>>,
+    idx: usize,
+}
+
+impl Seen<'_> {
+    fn frame(&self, text: &str, at: u64, ident: Option<&mut Identity>, replay: Option<(u64, u64)>) {
+        let head = match serde_json::from_str::<Head>(text) {
+            Ok(h) => (h.kind, h.seq, h.code, h.data.and_then(|d| d.t)),
+            // Valid JSON of another shape (a message whose data is not an object).
+            Err(_) => match serde_json::from_str::<Value>(text) {
+                Ok(v) => (
+                    Cow::Owned(v["type"].as_str().unwrap_or("").to_string()),
+                    v["seq"].as_u64(),
+                    v["code"].as_u64(),
+                    None,
+                ),
+                Err(_) => {
+                    self.stats.error("frame:bad_json");
+                    return;
+                }
+            },
+        };
+        let (kind, seq, code, sent) = head;
+        match &*kind {
+            "message" => self.stats.on_message(at, sent),
+            "session.updated" => self.stats.on_session_update(at),
+            "disconnect" => {
+                let code = code.map_or("null".to_string(), |c| c.to_string());
+                self.stats.error(format!("disconnect:{code}"));
+            }
+            _ => {}
+        }
+        if let (Some(seq), Some(id)) = (seq, ident) {
+            if let Some((last, upto)) = replay {
+                if seq > last && seq <= upto {
+                    self.stats.recovered.fetch_add(1, Relaxed);
+                }
+            }
+            id.seen_seq = id.seen_seq.max(seq);
+        }
+        if let Some(tx) = self.tap {
+            if let Ok(v) = serde_json::from_str::<Value>(text) {
+                let _ = tx.send(Tap {
+                    idx: self.idx,
+                    frame: v,
+                    at_ns: at,
+                });
+            }
+        }
+    }
+}
+
 /// The life of one connection. Ends on `Cmd::Close`, on its own close timer, or
 /// when a lost connection has nothing to resume.
 pub async fn run_conn(
@@ -585,88 +732,66 @@ pub async fn run_conn(
         // ---- read loop
         let close_at = spec.close_after.map(|d| Instant::now() + d);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
-        let ended_by_us;
-        loop {
-            tokio::select! {
-                changed = cmd.changed() => {
-                    let c = if changed.is_err() { Cmd::Close } else { cmd.borrow_and_update().clone() };
+        let timer = sleep_until(close_at.unwrap_or(far));
+        tokio::pin!(timer);
+        let ended_by_us = loop {
+            // The command future lives across frames: one made per frame would register
+            // with the channel every connection shares, once per frame.
+            let event = {
+                let changed = cmd.changed();
+                tokio::pin!(changed);
+                loop {
+                    tokio::select! {
+                        r = &mut changed => break Event::Command { gone: r.is_err() },
+                        _ = &mut timer, if close_at.is_some() => break Event::Timer,
+                        m = ws.next() => match m {
+                            Some(Ok(Message::Text(t))) => {
+                                let seen = Seen { stats: &stats, tap: tap.as_ref(), idx: spec.idx };
+                                seen.frame(t.as_str(), now_ns(), ident.as_mut(), replay);
+                            }
+                            Some(Ok(Message::Close(f))) => {
+                                break Event::ServerClosed(f.map(|f| u16::from(f.code)).unwrap_or(1005))
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break Event::Lost(ws_err(&e)),
+                            None => break Event::Lost("eof".into()),
+                        }
+                    }
+                }
+            };
+            match event {
+                Event::Command { gone } => {
+                    let c = if gone {
+                        Cmd::Close
+                    } else {
+                        cmd.borrow_and_update().clone()
+                    };
                     if let Cmd::Close = c {
                         clean_close(&mut ws, &stats).await;
-                        ended_by_us = true;
-                        break;
+                        break true;
                     }
                 }
-                _ = sleep_until(close_at.unwrap_or(far)), if close_at.is_some() => {
+                Event::Timer => {
                     clean_close(&mut ws, &stats).await;
-                    ended_by_us = true;
-                    break;
+                    break true;
                 }
-                m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => {
-                        let at = now_ns();
-                        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                            stats.error("frame:bad_json");
-                            continue;
-                        };
-                        let seq = v["seq"].as_u64();
-                        match v["type"].as_str() {
-                            Some("message") => {
-                                stats.messages.fetch_add(1, Relaxed);
-                                stats.first_frame_ns.fetch_min(at.max(1), Relaxed);
-                                stats.last_frame_ns.fetch_max(at, Relaxed);
-                                if let Some(sent) = v["data"]["t"].as_u64() {
-                                    let mut h = stats.delivery.lock().unwrap();
-                                    util::record_us(&mut h, at.saturating_sub(sent) / 1000);
-                                }
-                            }
-                            Some("session.updated") => {
-                                stats.session_updates.fetch_add(1, Relaxed);
-                                stats.last_frame_ns.fetch_max(at, Relaxed);
-                            }
-                            Some("disconnect") => {
-                                stats.error(format!("disconnect:{}", v["code"]));
-                            }
-                            _ => {}
-                        }
-                        if let (Some(seq), Some(id)) = (seq, ident.as_mut()) {
-                            if let Some((last, upto)) = replay {
-                                if seq > last && seq <= upto {
-                                    stats.recovered.fetch_add(1, Relaxed);
-                                }
-                            }
-                            id.seen_seq = id.seen_seq.max(seq);
-                        }
-                        if let Some(tx) = &tap {
-                            let _ = tx.send(Tap { idx: spec.idx, frame: v, at_ns: at });
-                        }
-                    }
-                    Some(Ok(Message::Close(f))) => {
-                        let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
-                        stats.server_closed.fetch_add(1, Relaxed);
-                        stats.error(format!("closed:{code}"));
-                        // Let tungstenite finish the closing handshake.
-                        let _ = timeout(Duration::from_secs(2), async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        }).await;
-                        ended_by_us = false;
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        stats.server_closed.fetch_add(1, Relaxed);
-                        stats.error(format!("closed:{}", ws_err(&e)));
-                        ended_by_us = false;
-                        break;
-                    }
-                    None => {
-                        stats.server_closed.fetch_add(1, Relaxed);
-                        stats.error("closed:eof");
-                        ended_by_us = false;
-                        break;
-                    }
-                },
+                Event::ServerClosed(code) => {
+                    stats.server_closed.fetch_add(1, Relaxed);
+                    stats.error(format!("closed:{code}"));
+                    // Let tungstenite finish the closing handshake.
+                    let _ = timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    break false;
+                }
+                Event::Lost(why) => {
+                    stats.server_closed.fetch_add(1, Relaxed);
+                    stats.error(format!("closed:{why}"));
+                    break false;
+                }
             }
-        }
+        };
         drop(ws);
         stats.open_now.fetch_sub(1, Relaxed);
         if ended_by_us {

@@ -4,33 +4,42 @@
 //! `WebSocketConfig`: warp's filter gives every socket tungstenite's 128 KiB read buffer,
 //! eagerly allocated, which is most of an idle connection's memory. We use a few KiB.
 //!
+//! The socket is split at the upgrade. Its write half belongs to the connection's
+//! [`Outbox`](super::outbox::Outbox): whoever sends a frame (a fan-out, the session reactor,
+//! the reader answering a ping) writes it to the socket directly. tungstenite reads and parses
+//! the client's frames from the read half, and what it writes itself (pongs, the reply to a
+//! client's close) goes through the outbox too, so frames never interleave.
+//!
 //! One task per connection. After authentication it runs three things side by side in one
-//! `select!`: the reader (client frames), the writer (draining the connection's
-//! [`Outbox`](super::outbox::Outbox)), and the heartbeat. Anyone who wants the connection
-//! closed (an operator, the sweeper, eviction, a session ending, the reader itself) asks the
-//! outbox; the writer sends `disconnect` and the close frame, and the registry applies the
-//! close's [`Fate`].
+//! `select!`: the reader (client frames), the writer (what the socket did not take at once,
+//! and the close), and the heartbeat. Anyone who wants the connection closed (an operator,
+//! the sweeper, eviction, a session ending, the reader itself) asks the outbox; the writer
+//! sends `disconnect` and the close frame, and the registry applies the close's [`Fate`].
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use warp::http::{header, Request, Response, StatusCode};
 use warp::reply::Reply;
 
-use super::outbox::Next;
+use super::outbox::Outbox;
 use super::{authenticate, new_conn, welcome, Handshake, PeerAddr, Presented};
 use crate::app::App;
 use crate::error::{Disconnect, Fate};
@@ -40,9 +49,43 @@ use crate::registry::{Live, ResumeRequest};
 use crate::sessions::Source;
 use crate::time::{now_ms, Millis};
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-type Sink = SplitSink<Socket, Message>;
-type Stream = SplitStream<Socket>;
+type Socket = WebSocketStream<Duplex>;
+
+/// What tungstenite sees as its stream: reads from the socket's read half, writes into the
+/// connection's outbox (which owns the write half).
+struct Duplex {
+    read: OwnedReadHalf,
+    live: Arc<Live>,
+}
+
+impl AsyncRead for Duplex {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Duplex {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.live.outbox.push_raw(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// Read buffer per socket, allocated up front by tungstenite. Client frames are small
 /// (ping, ack, refresh, session.update); a larger one is still read whole, the buffer
@@ -133,10 +176,30 @@ pub async fn handle(
             .write_buffer_size(0)
             .max_message_size(Some(app.config.max_message_bytes))
             .max_frame_size(Some(app.config.max_message_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        if let Some((ws, live)) = establish(&app, ws, hs).await {
+        // The listener serves plain TCP streams, so the downcast holds; the bytes hyper read
+        // past the request (a client that did not wait for the 101) are tungstenite's first.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("WebSocket upgrade on a stream that is not TCP");
+            return;
+        };
+        let (read, write) = parts.io.into_inner().into_split();
+        let live = Live::wired(Outbox::wired(
+            app.config.outbound_queue_bytes,
+            write,
+            app.metrics.clone(),
+        ));
+        let duplex = Duplex {
+            read,
+            live: live.clone(),
+        };
+        let ws = WebSocketStream::from_partially_read(
+            duplex,
+            parts.read_buf.to_vec(),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        if let Some(ws) = establish(&app, ws, &live, hs).await {
             tokio::spawn(async move {
                 serve(app, ws, live).await;
                 drop(guard);
@@ -182,23 +245,17 @@ struct ResumeField {
 
 /// Sends `disconnect` and a close frame on a socket that has no writer task yet, then waits
 /// briefly for the client's close so the socket ends cleanly.
-async fn refuse(app: &App, ws: Socket, d: Disconnect) {
+async fn refuse(app: &App, mut ws: Socket, live: &Live, d: Disconnect) {
     app.metrics.disconnect(d.code);
-    let (mut sink, mut stream) = ws.split();
-    let _ = sink.feed(Message::text(d.frame())).await;
-    let _ = sink.send(close_frame(&d)).await;
-    drain(&mut stream).await;
-}
-
-fn close_frame(d: &Disconnect) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(d.code),
-        reason: d.reason.clone().into(),
-    }))
+    live.outbox.close(d);
+    if let Ok(Ok(_)) = tokio::time::timeout(CLOSE_WAIT, live.outbox.write_out()).await {
+        drain(&mut ws).await;
+    }
+    live.outbox.shut();
 }
 
 /// Reads until the client's close frame (or the socket ends, or `CLOSE_WAIT` passes).
-async fn drain(stream: &mut Stream) {
+async fn drain(stream: &mut Socket) {
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
         while let Some(Ok(msg)) = stream.next().await {
             if msg.is_close() {
@@ -254,8 +311,8 @@ async fn first_frame_auth(
 }
 
 /// One connection, from the open socket to its end.
-/// Authenticates, registers, waits for durability and queues `welcome`. Returns the socket
-/// and its outbox, or None once it has refused and closed the socket.
+/// Authenticates, registers, waits for durability and sends `welcome`. Returns the socket,
+/// or None once it has refused and closed it.
 ///
 /// This runs in its own short task; [`serve`] is spawned as a second one. A task's memory is
 /// the largest state of its future, and the handshake's (credential, registration, timers
@@ -263,25 +320,24 @@ async fn first_frame_auth(
 async fn establish(
     app: &Arc<App>,
     mut ws: Socket,
+    live: &Arc<Live>,
     mut hs: Handshake,
-) -> Option<(Socket, Arc<Live>)> {
+) -> Option<Socket> {
     let (cred, resume) = match hs.credential.take() {
         Some(c) => (c, hs.resume.take()),
         None => match first_frame_auth(app, &mut ws).await {
             Ok((c, r)) => (c, r.or(hs.resume.take())),
             Err(d) => {
                 Metrics::inc(&app.metrics.auth_failures);
-                {
-                    refuse(app, ws, d).await;
-                    return None;
-                }
+                refuse(app, ws, live, d).await;
+                return None;
             }
         },
     };
     let identity = match authenticate(app, &cred) {
         Ok(i) => i,
         Err(d) => {
-            refuse(app, ws, d).await;
+            refuse(app, ws, live, d).await;
             return None;
         }
     };
@@ -290,63 +346,63 @@ async fn establish(
     let reg = match app.registry.register(new) {
         Ok(r) => r,
         Err(d) => {
-            refuse(app, ws, d).await;
+            refuse(app, ws, live, d).await;
             return None;
         }
     };
-    let live = Live::new(id, app.config.outbound_queue_bytes);
+    live.set_id(id);
     if let Err(e) = app.store.commit().await {
         tracing::error!(error = %e, "cannot make a connection durable");
         app.registry
             .force_disconnect(&id, Disconnect::server_full(), EventType::Error);
-        refuse(app, ws, Disconnect::server_full()).await;
+        refuse(app, ws, live, Disconnect::server_full()).await;
         return None;
     }
     let activated = app
         .registry
-        .activate(&id, &live, reg.replay_after, |rec| welcome(app, &reg, rec));
+        .activate(&id, live, reg.replay_after, |rec| welcome(app, &reg, rec));
     if !activated {
         // Evicted or removed between registration and now.
-        refuse(app, ws, Disconnect::evicted()).await;
+        refuse(app, ws, live, Disconnect::evicted()).await;
         return None;
     }
-    // The outbox already holds `welcome`; a session that ended meanwhile closes it (4503).
+    // `welcome` is sent; a session that ended meanwhile closes the connection (4503).
     super::session_still_live(app, &id, linked_session.as_deref());
 
-    Some((ws, live))
+    Some(ws)
 }
 
 /// The connection's working life: reader, writer and heartbeat, until it closes.
-async fn serve(app: Arc<App>, ws: Socket, live: Arc<Live>) {
-    let (mut sink, mut stream) = ws.split();
+async fn serve(app: Arc<App>, mut ws: Socket, live: Arc<Live>) {
     let conn = ConnTask::new(&app, &live);
     let end = tokio::select! {
-        end = conn.read(&mut stream) => end,
-        end = write(&app, &live, &mut sink) => end,
+        end = conn.read(&mut ws) => end,
+        end = write(&live) => end,
         end = conn.heartbeat() => end,
         () = overflowed(&live) => End::Server(Disconnect::slow_consumer()),
     };
     conn.flush_touch();
     let (fate, code) = match end {
         End::ClientClosed(code) => {
-            let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+            // Sends the reply tungstenite queued when it read the client's close (a `send`
+            // of our own close would be refused in that state).
+            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
             (Fate::Remove, code)
         }
         End::Dropped => (Fate::Detach, None),
         End::Server(d) => {
             if d.code == 4010 {
-                // The writer may be stuck mid-frame on a socket nobody reads: try once, briefly.
-                let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                    let _ = sink.feed(Message::text(d.frame())).await;
-                    sink.send(close_frame(&d)).await
-                })
-                .await;
+                // The backlog is stuck on a socket nobody reads: try once, briefly, to get the
+                // close out after it.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), live.outbox.write_out()).await;
             } else {
-                drain(&mut stream).await;
+                drain(&mut ws).await;
             }
             (d.fate, Some(d.code))
         }
     };
+    live.outbox.shut();
     app.registry.finish(&live, fate, code);
 }
 
@@ -369,30 +425,11 @@ async fn overflowed(live: &Live) {
     }
 }
 
-/// Drains the outbox onto the socket until a close has been sent.
-async fn write(app: &App, live: &Live, sink: &mut Sink) -> End {
-    loop {
-        match live.outbox.next().await {
-            Next::Send(frames) => {
-                let n = frames.len() as u64;
-                for f in frames {
-                    if sink.feed(f).await.is_err() {
-                        return End::Dropped;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return End::Dropped;
-                }
-                app.metrics
-                    .frames_out
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-            Next::Close(d) => {
-                let _ = sink.feed(Message::text(d.frame())).await;
-                let _ = sink.send(close_frame(&d)).await;
-                return End::Server(d);
-            }
-        }
+/// Sends what the socket did not take at once, until a close has been sent.
+async fn write(live: &Live) -> End {
+    match live.outbox.write_out().await {
+        Ok(d) => End::Server(d),
+        Err(_) => End::Dropped,
     }
 }
 
@@ -570,7 +607,7 @@ impl<'a> ConnTask<'a> {
         }
     }
 
-    async fn read(&self, stream: &mut Stream) -> End {
+    async fn read(&self, stream: &mut Socket) -> End {
         loop {
             let msg = match stream.next().await {
                 None => return End::Dropped,

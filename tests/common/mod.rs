@@ -402,12 +402,24 @@ impl Ws {
         r.expect("server did not close the socket in time")
     }
 
+    /// Closes cleanly: sends a close frame and expects the server's close frame in reply
+    /// (RFC 6455 §5.5.1), as a client that waits for it would.
     pub async fn close(&mut self) {
-        let _ = self.inner.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.inner.next().await {}
+        self.inner.close(None).await.expect("send close frame");
+        let replied = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = self.inner.next().await {
+                if m.is_close() {
+                    return true;
+                }
+            }
+            false
         })
         .await;
+        assert_eq!(
+            replied,
+            Ok(true),
+            "the server did not answer the client's close frame with its own"
+        );
     }
 }
 
