@@ -104,8 +104,18 @@ impl FrameTemplate {
         }
     }
 
+    /// The frame for `seq`, built in one allocation of the right size: a fan-out renders
+    /// one per socket.
     pub fn render(&self, seq: u64) -> String {
-        format!("{{\"type\":\"{}\",\"seq\":{seq},{}", self.kind, self.rest)
+        use std::fmt::Write;
+        let mut s = String::with_capacity(self.kind.len() + self.rest.len() + 40);
+        s.push_str("{\"type\":\"");
+        s.push_str(self.kind);
+        s.push_str("\",\"seq\":");
+        let _ = write!(s, "{seq}");
+        s.push(',');
+        s.push_str(&self.rest);
+        s
     }
 }
 
