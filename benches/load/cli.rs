@@ -197,6 +197,12 @@ pub struct FanoutArgs {
     /// Pause between rounds of messages.
     #[arg(long, default_value_t = 0)]
     pub interval_ms: u64,
+    /// Messages sent to each user first and not measured: the figures are then those of
+    /// connections already receiving traffic. A receiving kernel ACKs the first 16 segments
+    /// of a connection (and the first after 200 ms of quiet) at once; on loopback that ACK
+    /// is sent and processed inside the server's write.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_messages: usize,
     /// Target connects per second while opening.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,

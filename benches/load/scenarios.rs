@@ -568,63 +568,52 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         c0.opened, c0.failed
     ));
 
-    // Send.
-    let mut send_hist = util::new_hist();
-    let mut delivered_total = 0u64;
+    // Warm-up rounds (not measured), then the measured ones.
     let mut post_errors: BTreeMap<String, u64> = BTreeMap::new();
-    let first_send = now_ns();
-    {
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let s2 = sent.clone();
-        let _p = Progress::start(
-            out.progress,
-            "send",
-            (a.messages * a.users) as u64,
-            move || (s2.load(std::sync::atomic::Ordering::Relaxed), String::new()),
-        );
-        let mut consecutive_failures = 0;
-        for j in 0..a.messages {
-            for u in 0..a.users {
-                let path = format!(
-                    "/v1/users/{}/messages",
-                    util::pct(&plan.user_of(u * a.per_user))
-                );
-                let t = now_ns();
-                let r = server
-                    .send_json(
-                        reqwest::Method::POST,
-                        &path,
-                        &json!({"data": {"t": t, "j": j}}),
-                    )
-                    .await;
-                util::record_us(&mut send_hist, (now_ns() - t) / 1000);
-                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match r {
-                    Ok((st, body)) if (200..300).contains(&st) => {
-                        delivered_total += body["delivered"].as_u64().unwrap_or(0);
-                        consecutive_failures = 0;
-                    }
-                    Ok((st, body)) => {
-                        *post_errors.entry(format!("http_{st}")).or_default() += 1;
-                        consecutive_failures += 1;
-                        if consecutive_failures >= 5 {
-                            return Err(format!("POST {path} keeps failing: HTTP {st} {body}"));
-                        }
-                    }
-                    Err(e) => {
-                        *post_errors.entry("request".into()).or_default() += 1;
-                        consecutive_failures += 1;
-                        if consecutive_failures >= 5 {
-                            return Err(e);
-                        }
-                    }
-                }
+    let mut warm_delivered = 0u64;
+    if a.warmup_messages > 0 {
+        let mut ignored = util::new_hist();
+        warm_delivered = send_rounds(
+            &server,
+            &plan,
+            a,
+            a.warmup_messages,
+            false,
+            out,
+            &mut ignored,
+            &mut post_errors,
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(a.deliver_timeout_secs);
+        while fleet.counts().messages < warm_delivered {
+            fleet.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "warm-up: {} of {warm_delivered} messages arrived before the deadline",
+                    fleet.counts().messages
+                ));
             }
-            if a.interval_ms > 0 {
-                sleep(Duration::from_millis(a.interval_ms)).await;
-            }
+            sleep(Duration::from_millis(10)).await;
         }
+        out.say(format!(
+            "warm-up: {} messages per user delivered ({warm_delivered} frames), not measured",
+            a.warmup_messages
+        ));
     }
+    let mut send_hist = util::new_hist();
+    let first_send = now_ns();
+    let delivered_total = warm_delivered
+        + send_rounds(
+            &server,
+            &plan,
+            a,
+            a.messages,
+            true,
+            out,
+            &mut send_hist,
+            &mut post_errors,
+        )
+        .await?;
     let sent_done = now_ns();
     // Wait for the deliveries the server acknowledged.
     let deadline = Instant::now() + Duration::from_secs(a.deliver_timeout_secs);
@@ -651,18 +640,19 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     let cfinal = fleet.close(Duration::from_secs(30)).await?;
     server.stop_quietly().await;
     let c = &rep.counts;
+    let measured = c.messages.saturating_sub(warm_delivered);
     let wall_ns = c.last_frame_ns.saturating_sub(first_send).max(1);
-    let per_sec = c.messages as f64 / secs(wall_ns);
+    let per_sec = measured as f64 / secs(wall_ns);
     out.say(format!(
         "sent {} POSTs in {:.2} s (server said delivered {}); POST latency {}",
         a.messages * a.users,
         secs(sent_done - first_send),
-        delivered_total,
+        delivered_total - warm_delivered,
         hist_line(&send_hist)
     ));
     out.say(format!(
         "received {} message frames{} in {:.2} s = {:.0} messages/s delivered",
-        c.messages,
+        measured,
         if all_received {
             ""
         } else {
@@ -688,8 +678,9 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "posts": a.messages * a.users,
         "postLatencyUs": hist_json(&send_hist),
         "postErrors": post_errors,
-        "serverDelivered": delivered_total,
-        "framesReceived": c.messages,
+        "warmupMessages": a.warmup_messages,
+        "serverDelivered": delivered_total - warm_delivered,
+        "framesReceived": measured,
         "allReceived": all_received,
         "wallSecs": secs(wall_ns),
         "messagesPerSec": per_sec,
@@ -697,6 +688,75 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),
     }))
+}
+
+/// Sends `rounds` messages to every user of the plan, one POST at a time (each carries its
+/// send time when `timed`, so the receivers can measure it). Returns the deliveries the
+/// server reported.
+#[allow(clippy::too_many_arguments)]
+async fn send_rounds(
+    server: &Server,
+    plan: &FleetPlan,
+    a: &FanoutArgs,
+    rounds: usize,
+    timed: bool,
+    out: &Out,
+    send_hist: &mut hdrhistogram::Histogram<u64>,
+    post_errors: &mut BTreeMap<String, u64>,
+) -> R<u64> {
+    let mut delivered = 0u64;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sent.clone();
+    let _p = Progress::start(
+        out.progress,
+        if timed { "send" } else { "warm-up" },
+        (rounds * a.users) as u64,
+        move || (s2.load(std::sync::atomic::Ordering::Relaxed), String::new()),
+    );
+    let mut consecutive_failures = 0;
+    for j in 0..rounds {
+        for u in 0..a.users {
+            let path = format!(
+                "/v1/users/{}/messages",
+                util::pct(&plan.user_of(u * a.per_user))
+            );
+            let t = now_ns();
+            let data = if timed {
+                json!({"t": t, "j": j})
+            } else {
+                json!({"warmup": j})
+            };
+            let r = server
+                .send_json(reqwest::Method::POST, &path, &json!({ "data": data }))
+                .await;
+            util::record_us(send_hist, (now_ns() - t) / 1000);
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match r {
+                Ok((st, body)) if (200..300).contains(&st) => {
+                    delivered += body["delivered"].as_u64().unwrap_or(0);
+                    consecutive_failures = 0;
+                }
+                Ok((st, body)) => {
+                    *post_errors.entry(format!("http_{st}")).or_default() += 1;
+                    consecutive_failures += 1;
+                    if consecutive_failures >= 5 {
+                        return Err(format!("POST {path} keeps failing: HTTP {st} {body}"));
+                    }
+                }
+                Err(e) => {
+                    *post_errors.entry("request".into()).or_default() += 1;
+                    consecutive_failures += 1;
+                    if consecutive_failures >= 5 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if a.interval_ms > 0 {
+            sleep(Duration::from_millis(a.interval_ms)).await;
+        }
+    }
+    Ok(delivered)
 }
 
 // ---------------------------------------------------------------- session-sync
