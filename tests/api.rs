@@ -179,6 +179,84 @@ async fn raw_http(server: &Server, request: &str) -> String {
 
 // ----- single-connection routes ----------------------------------------------------------
 
+/// A message to a user with hundreds of connections (a fan-out large enough to be spread
+/// over threads) reaches every socket once, in order, each with its own next `seq`; a
+/// detached one gets it on resume.
+#[tokio::test]
+async fn a_large_fan_out_reaches_every_connection_once_in_order() {
+    const N: usize = 600;
+    let server = Server::start(&["--max-per-user", "700"]).await;
+    let mut crowd: Vec<(Ws, Value)> = Vec::new();
+    for chunk in 0..N / 100 {
+        let opened =
+            futures_util::future::join_all((0..100).map(|_| server.connect("crowd"))).await;
+        assert_eq!(opened.len(), 100, "chunk {chunk}");
+        crowd.extend(opened);
+    }
+    for j in 0..3 {
+        let (s, r) = server
+            .send_json(
+                Method::POST,
+                "/v1/users/crowd/messages",
+                json!({"data": {"j": j}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(
+            (r["delivered"].as_u64(), r["stored"].as_u64()),
+            (Some(N as u64), Some(N as u64)),
+            "{r}"
+        );
+    }
+    for (ws, _) in crowd.iter_mut() {
+        for j in 0..3u64 {
+            let m = ws.recv_type("message").await;
+            assert_eq!(
+                (m["seq"].as_u64(), m["data"]["j"].as_u64()),
+                (Some(j + 1), Some(j)),
+                "{m}"
+            );
+        }
+        assert!(
+            ws.try_recv(Duration::from_millis(1)).await.is_none(),
+            "one frame per message"
+        );
+    }
+
+    // One socket goes away without a close; the next message is kept for it.
+    let (gone, welcome) = crowd.pop().unwrap();
+    drop(gone);
+    let id = welcome["connectionId"].as_str().unwrap();
+    wait_state(&server, id, "detached").await;
+    let (s, r) = server
+        .send_json(
+            Method::POST,
+            "/v1/users/crowd/messages",
+            json!({"data": {"j": 3}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["delivered"].as_u64(), r["stored"].as_u64()),
+        (Some(N as u64 - 1), Some(N as u64)),
+        "{r}"
+    );
+    let mut back = server
+        .ws(&common::resume_query(&server, "crowd", &welcome, Some(3)))
+        .await;
+    let w = back.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    let m = back.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"]["j"].as_u64()),
+        (Some(4), Some(3)),
+        "{m}"
+    );
+    for (ws, _) in crowd.iter_mut() {
+        assert_eq!(ws.recv_type("message").await["seq"], 4);
+    }
+}
+
 #[tokio::test]
 async fn lookup_user_and_valid() {
     let server = Server::start(&[]).await;

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Ws};
+use common::{resume_query, Server, Ws};
 use serde_json::{json, Value};
 
 async fn message_user(server: &Server, user: &str, data: Value) -> Value {
@@ -23,19 +23,6 @@ async fn message_user(server: &Server, user: &str, data: Value) -> Value {
 async fn connection(server: &Server, welcome: &Value) -> (u16, Value) {
     let id = welcome["connectionId"].as_str().unwrap();
     server.get_json(&format!("/v1/connections/{id}")).await
-}
-
-fn resume_query(server: &Server, user: &str, welcome: &Value, last_seq: Option<u64>) -> String {
-    let mut q = format!(
-        "token={}&resume={}&resume_token={}",
-        server.token(user, json!({})),
-        welcome["connectionId"].as_str().unwrap(),
-        welcome["resumeToken"].as_str().unwrap()
-    );
-    if let Some(s) = last_seq {
-        q.push_str(&format!("&last_seq={s}"));
-    }
-    q
 }
 
 async fn kill9_finds_every_acknowledged_connection(mode: &str) {

@@ -195,6 +195,20 @@ impl Drop for Server {
     }
 }
 
+/// The query that resumes the connection `welcome` named, as `user`, after `last_seq`.
+pub fn resume_query(server: &Server, user: &str, welcome: &Value, last_seq: Option<u64>) -> String {
+    let mut q = format!(
+        "token={}&resume={}&resume_token={}",
+        server.token(user, json!({})),
+        welcome["connectionId"].as_str().unwrap(),
+        welcome["resumeToken"].as_str().unwrap()
+    );
+    if let Some(s) = last_seq {
+        q.push_str(&format!("&last_seq={s}"));
+    }
+    q
+}
+
 /// Runs the `tether` command with `args` and waits for it.
 pub fn cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
