@@ -942,10 +942,11 @@ impl Registry {
 
     /// Delivers to every connection of `user`, Detached ones included.
     ///
-    /// A large fan-out is spread over the cores: each thread takes its own share of the
-    /// user's entries, and their sockets' writes (with, on loopback, the receivers' kernel
-    /// work that runs inside them) proceed side by side. On 2 cores this took the p99 of a
-    /// fan-out to 10,000 fresh connections from about 60 ms to about 40 ms.
+    /// A large fan-out is spread over the cores: threads take shares of the user's entries
+    /// (scoped threads, over disjoint entries of the locked shard), and their sockets'
+    /// writes (with, on loopback, the receivers' kernel work that runs inside them) proceed
+    /// side by side. On 2 cores this took the p99 of a fan-out to 10,000 fresh connections
+    /// from about 58 ms to about 45 ms.
     pub fn deliver_to_user(&self, user: &str, template: FrameTemplate) -> Delivery {
         let mut shard = lock(&self.shards[self.shard_of_user(user)]);
         let n = shard.users.get(user).map_or(0, Vec::len);
@@ -965,30 +966,38 @@ impl Registry {
             .map(|e| &mut **e)
             .collect();
         debug_assert_eq!(entries.len(), n, "a user's list and its entries agree");
-        let mut shares = entries.chunks_mut(n.div_ceil(helpers.count + 1));
-        let mine = shares.next().unwrap_or_default();
-        let mut out = Assigned::default();
-        std::thread::scope(|s| {
-            let others: Vec<_> = shares
-                .map(|share| {
-                    let delivered = &delivered;
-                    s.spawn(move || {
-                        let mut out = Assigned::default();
-                        for e in share.iter_mut() {
-                            self.assign(e, delivered, &mut out);
-                        }
-                        out
-                    })
+        // The entries go out in shares from one queue, so a thread that gets less of a core
+        // takes fewer; a helper that cannot be started leaves its shares to the others.
+        let shares = Mutex::new(entries.chunks_mut(PER_FAN_OUT_THREAD).collect::<Vec<_>>());
+        let work = || {
+            let mut out = Assigned::default();
+            loop {
+                // Popped in a statement of its own: the guard must not live through the share.
+                let next = lock(&shares).pop();
+                let Some(share) = next else { break };
+                for e in share.iter_mut() {
+                    self.assign(e, &delivered, &mut out);
+                }
+            }
+            out
+        };
+        let out = std::thread::scope(|s| {
+            let started: Vec<_> = (0..helpers.count)
+                .filter_map(|_| {
+                    std::thread::Builder::new()
+                        .name("tether-fan-out".into())
+                        .spawn_scoped(s, work)
+                        .ok()
                 })
                 .collect();
-            for e in mine.iter_mut() {
-                self.assign(e, &delivered, &mut out);
-            }
-            for h in others {
+            let mut out = work();
+            for h in started {
                 let theirs = h.join().expect("a fan-out thread panicked");
                 out.delivered += theirs.delivered;
                 out.targets.extend(theirs.targets);
+                out.seq = out.seq.max(theirs.seq);
             }
+            out
         });
         drop(helpers);
         self.store_delivery(&delivered, out)
