@@ -147,6 +147,10 @@ impl Outbox {
                 fits
             }
             Queue::Wire(wire) => {
+                if wire.half.is_none() {
+                    // The connection task has ended; nothing is sent on this socket again.
+                    return false;
+                }
                 let Some((opcode, payload)) = wire_parts(&msg) else {
                     return true;
                 };
@@ -173,7 +177,7 @@ impl Outbox {
             return;
         }
         let Inner { queue, close } = &mut *inner;
-        if let Queue::Wire(wire) = queue {
+        if let Queue::Wire(wire @ Wire { half: Some(_), .. }) = queue {
             let was_idle = wire.pending.is_empty();
             if !wire.send_raw(bytes, self.limit) {
                 self.overflow(close, queue);
