@@ -8,7 +8,7 @@
 //!
 //! A WebSocket's outbox owns the write half of its TCP stream ([`Outbox::wired`]). A push
 //! frames the message and writes it to the socket at once, in the pusher's own thread, as
-//! long as nothing is waiting to go out before it: one non-blocking `writev`, no task woken.
+//! long as nothing is waiting to go out before it: one non-blocking `sendmsg`, no task woken.
 //! Only what the socket does not take is queued, and the connection's writer task sends it
 //! when the socket is writable again. This is what makes a fan-out to thousands of sockets
 //! cheap: it is one system call per socket, not a wake-up, a poll and a system call.
@@ -305,7 +305,7 @@ impl Outbox {
 
 impl Wire {
     /// Frames one message and writes it, or queues what the socket does not take. Returns
-    /// false if the backlog would pass `limit`.
+    /// false (the frame is dropped whole) if the backlog would pass `limit`.
     fn send(&mut self, opcode: OpCode, payload: &[u8], limit: usize) -> bool {
         let header = FrameHeader {
             opcode,
@@ -346,7 +346,9 @@ impl Wire {
             }
         }
         if written < len {
-            if self.pending.len() + (len - written) > limit {
+            // A frame the socket took part of must be finished, whatever the limit (the
+            // backlog then passes it by at most this frame, and the next push overflows).
+            if written == 0 && self.pending.len() + len > limit {
                 return false;
             }
             let cut = written.min(head.len());
@@ -396,4 +398,82 @@ fn wire_parts(msg: &Message) -> Option<(OpCode, &[u8])> {
         Message::Pong(p) => (OpCode::Control(Control::Pong), &p[..]),
         Message::Close(_) | Message::Frame(_) => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A real loopback TCP pair: the server side's write half in a wired outbox, the client
+    /// side returned unread.
+    async fn wired_pair(limit: usize) -> (Outbox, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let outbox = Outbox::wired(limit, write, Arc::new(Metrics::default()));
+        (outbox, client)
+    }
+
+    fn pending_len(outbox: &Outbox) -> usize {
+        match &outbox.lock().queue {
+            Queue::Wire(w) => w.pending.len(),
+            Queue::Frames { .. } => unreachable!(),
+        }
+    }
+
+    /// A client that stops reading: frames larger than the queue limit fill the socket until
+    /// one is taken only in part. That one must still go out whole, then the overflow
+    /// closes with 4010, and a client reading again finds every frame intact, in order,
+    /// followed by `disconnect` and the close frame.
+    #[tokio::test]
+    async fn a_frame_the_socket_took_in_part_is_finished_before_the_4010_close() {
+        let limit = 4096;
+        let (outbox, client) = wired_pair(limit).await;
+        let pad = "x".repeat(16 * 1024);
+        let mut pushed = 0;
+        while pending_len(&outbox) == 0 {
+            assert!(outbox.push_text(format!(r#"{{"i":{pushed},"pad":"{pad}"}}"#)));
+            pushed += 1;
+            assert!(pushed < 100_000, "the socket never filled");
+        }
+        // The last frame was cut by a full socket: what is left of it passes the limit but
+        // stays queued; the next push is the overflow.
+        assert!(pending_len(&outbox) > 0);
+        assert!(!outbox.push_text(format!(r#"{{"i":{pushed},"pad":"{pad}"}}"#)));
+        assert_eq!(outbox.closing().map(|d| d.code), Some(4010));
+
+        let reader = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let mut frames = Vec::new();
+            while let Some(m) = ws.next().await {
+                match m.expect("every frame intact") {
+                    Message::Close(f) => return (frames, f.map(|f| u16::from(f.code))),
+                    Message::Text(t) => {
+                        frames.push(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (frames, None)
+        });
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), outbox.write_out())
+            .await
+            .expect("the backlog and the close went out")
+            .expect("the socket is fine");
+        assert_eq!(closed.code, 4010);
+        let (frames, close) = reader.await.unwrap();
+        assert_eq!(close, Some(4010));
+        let (messages, last) = frames.split_at(frames.len() - 1);
+        assert_eq!(last[0]["type"], "disconnect");
+        assert_eq!(last[0]["code"], 4010);
+        let seen: Vec<u64> = messages.iter().map(|m| m["i"].as_u64().unwrap()).collect();
+        assert_eq!(seen, (0..pushed as u64).collect::<Vec<_>>());
+    }
 }
