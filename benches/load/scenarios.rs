@@ -176,6 +176,21 @@ async fn wait_opened(
     }
 }
 
+/// Waits, with a progress line named `label`, until the fleet's `n` connections (opened at
+/// `rate` per second) all have an outcome. Returns false when the deadline passed first.
+async fn open_all(
+    g: &Global,
+    out: &Out,
+    fleet: &mut Fleet,
+    label: &str,
+    n: usize,
+    rate: f64,
+) -> R<bool> {
+    let cell: CountsCell = Arc::default();
+    let _p = counts_progress(out, label, n as u64, &cell, open_line);
+    wait_opened(fleet, n, open_deadline(n, rate, g), &cell, |_| {}).await
+}
+
 fn open_deadline(n: usize, rate: f64, g: &Global) -> Duration {
     let pacing = if rate > 0.0 { n as f64 / rate } else { 0.0 };
     Duration::from_secs_f64(pacing * 1.5 + 30.0) + Duration::from_millis(g.connect_timeout_ms)
@@ -550,11 +565,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             w => format!(", {w} worker processes"),
         }
     ));
-    let cell: CountsCell = Arc::default();
-    let complete = {
-        let _p = counts_progress(out, "connect", n as u64, &cell, open_line);
-        wait_opened(&mut fleet, n, open_deadline(n, a.rate, g), &cell, |_| {}).await?
-    };
+    let complete = open_all(g, out, &mut fleet, "connect", n, a.rate).await?;
     let c0 = fleet.counts();
     if c0.opened == 0 {
         let rep = fleet.close(Duration::from_secs(10)).await?;
@@ -618,9 +629,8 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     // Wait for the deliveries the server acknowledged.
     let deadline = Instant::now() + Duration::from_secs(a.deliver_timeout_secs);
     let all_received = {
-        let cell2 = cell.clone();
-        let _p = Progress::start(out.progress, "receive", delivered_total, move || {
-            let c = cell2.lock().unwrap();
+        let cell: CountsCell = Arc::default();
+        let _p = counts_progress(out, "receive", delivered_total, &cell, |c| {
             (c.messages, String::new())
         });
         loop {
@@ -771,16 +781,7 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     let mut others = if a.others > 0 {
         let plan = fleet_plan(g, &server, a.others, 1, a.rate, &a.user_prefix);
         let mut f = Fleet::start(&plan)?;
-        let cell: CountsCell = Arc::default();
-        let _p = counts_progress(out, "others", a.others as u64, &cell, open_line);
-        wait_opened(
-            &mut f,
-            a.others,
-            open_deadline(a.others, a.rate, g),
-            &cell,
-            |_| {},
-        )
-        .await?;
+        open_all(g, out, &mut f, "others", a.others, a.rate).await?;
         Some(f)
     } else {
         None
@@ -956,18 +957,7 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
     let mut plan = fleet_plan(g, &server, a.n, a.per_user, a.rate, &a.user_prefix);
     plan.resume_from_received = a.resume_from_received;
     let mut fleet = Fleet::start(&plan)?;
-    let cell: CountsCell = Arc::default();
-    {
-        let _p = counts_progress(out, "connect", a.n as u64, &cell, open_line);
-        wait_opened(
-            &mut fleet,
-            a.n,
-            open_deadline(a.n, a.rate, g),
-            &cell,
-            |_| {},
-        )
-        .await?;
-    }
+    open_all(g, out, &mut fleet, "connect", a.n, a.rate).await?;
     let c0 = fleet.counts();
     out.say(format!(
         "reattach: {} connections open ({} failed)",
@@ -1053,6 +1043,7 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
     let expected = c0.opened;
     let deadline = Instant::now() + Duration::from_secs(a.resume_timeout_secs);
     let all_back = {
+        let cell: CountsCell = Arc::default();
         let _p = counts_progress(out, "resume", expected, &cell, |c| {
             (
                 c.resume_done(),
