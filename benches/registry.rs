@@ -189,11 +189,7 @@ fn bench_registry(c: &mut Criterion) {
     let mut next = CONNECTIONS;
     g.bench_function("register", |b| {
         b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK) as usize;
-                left -= n as u64;
+            in_chunks(iters, |n| {
                 let batch: Vec<NewConn> = (next..next + n).map(new_conn).collect();
                 next += n;
                 let t = Instant::now();
@@ -201,12 +197,12 @@ fn bench_registry(c: &mut Criterion) {
                     .into_iter()
                     .map(|nc| reg.register(nc).expect("register").id)
                     .collect();
-                timed += t.elapsed();
+                let timed = t.elapsed();
                 for id in &made {
                     remove(&reg, id);
                 }
-            }
-            timed
+                timed
+            })
         })
     });
 
@@ -215,11 +211,7 @@ fn bench_registry(c: &mut Criterion) {
     // just before, untimed.
     g.bench_function("unregister", |b| {
         b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK) as usize;
-                left -= n as u64;
+            in_chunks(iters, |n| {
                 let made: Vec<Uuid> = (next..next + n)
                     .map(|k| reg.register(new_conn(k)).expect("register").id)
                     .collect();
@@ -228,9 +220,8 @@ fn bench_registry(c: &mut Criterion) {
                 for id in &made {
                     remove(&reg, id);
                 }
-                timed += t.elapsed();
-            }
-            timed
+                t.elapsed()
+            })
         })
     });
     g.finish();
@@ -240,6 +231,19 @@ fn bench_registry(c: &mut Criterion) {
         total, CONNECTIONS,
         "every benchmark left the registry as it found it"
     );
+}
+
+/// Runs `iters` operations in chunks of at most `CHUNK`: `chunk(n)` does `n` of them and
+/// returns the time of its measured part.
+fn in_chunks(iters: u64, mut chunk: impl FnMut(usize) -> Duration) -> Duration {
+    let mut timed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK) as usize;
+        left -= n as u64;
+        timed += chunk(n);
+    }
+    timed
 }
 
 /// A connection record as `register` makes it, for the user of connection `n`.
