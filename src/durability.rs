@@ -81,32 +81,41 @@ impl Flusher {
     pub async fn wait(&self, ticket: u64) -> Result<(), sled::Error> {
         let inner = &self.inner;
         match inner.mode {
-            Durability::Relaxed => return Ok(()),
+            Durability::Relaxed => Ok(()),
             // One flush per write, shared with nobody: the plainest guarantee, and the
-            // baseline group commit is measured against.
-            Durability::Sync => return self.flush_now().await,
-            Durability::Batched => {}
+            // baseline group commit is measured against. A ticket a started flush already
+            // covers (the session publisher's, after its writer's commit) waits for that
+            // flush instead of running another.
+            Durability::Sync if inner.next.load(Ordering::SeqCst) <= ticket => {
+                self.flush_now().await
+            }
+            Durability::Sync => self.flushed(ticket).await,
+            Durability::Batched => {
+                let waiting = inner.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+                if waiting == 1 || waiting >= BATCH_TRIGGER {
+                    inner.wake.notify_one();
+                }
+                let result = self.flushed(ticket).await;
+                inner.waiting.fetch_sub(1, Ordering::SeqCst);
+                result
+            }
         }
+    }
+
+    /// Waits until a flush numbered `ticket` or later is done.
+    async fn flushed(&self, ticket: u64) -> Result<(), sled::Error> {
+        let inner = &self.inner;
         let mut rx = inner.done_tx.subscribe();
-        let target = ticket;
-        let waiting = inner.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-        if waiting == 1 || waiting >= BATCH_TRIGGER {
-            inner.wake.notify_one();
-        }
-        let result = rx.wait_for(|done| *done >= target).await.map(|_| ());
-        inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        let result = rx.wait_for(|done| *done >= ticket).await.map(|_| ());
         if result.is_err() || inner.failed.load(Ordering::SeqCst) {
             return Err(sled::Error::ReportableBug("store flush failed".into()));
         }
         Ok(())
     }
 
-    /// Flushes now and waits for it (used at shutdown and by backups).
+    /// Flushes now and waits for it (`sync` writers, shutdown, backups).
     pub async fn flush_now(&self) -> Result<(), sled::Error> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
-            .await
-            .map_err(|e| sled::Error::ReportableBug(e.to_string()))?
+        flush(&self.inner).await
     }
 
     /// How many flushes have run (for metrics).
@@ -138,19 +147,27 @@ async fn run(inner: std::sync::Weak<Inner>) {
             }
         }
         last_start = tokio::time::Instant::now();
-        let id = me.next.fetch_add(1, Ordering::SeqCst);
-        let db = me.db.clone();
-        let ok = tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false);
-        if !ok {
-            tracing::error!("store flush failed; durable writes are being refused");
-            me.failed.store(true, Ordering::SeqCst);
-        }
-        me.flushes.fetch_add(1, Ordering::Relaxed);
-        me.done_tx.send_replace(id);
+        let _ = flush(&me).await;
     }
+}
+
+/// One numbered flush: it takes the next id before it starts, so it covers every ticket up
+/// to that id, and publishes the id when done. Flushes may overlap (`sync` writers run
+/// their own), so the published id only grows.
+async fn flush(me: &Inner) -> Result<(), sled::Error> {
+    let id = me.next.fetch_add(1, Ordering::SeqCst);
+    let db = me.db.clone();
+    let result = tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
+        .await
+        .map_err(|e| sled::Error::ReportableBug(e.to_string()))
+        .and_then(|r| r);
+    if result.is_err() {
+        tracing::error!("store flush failed; durable writes are being refused");
+        me.failed.store(true, Ordering::SeqCst);
+    }
+    me.flushes.fetch_add(1, Ordering::Relaxed);
+    me.done_tx.send_modify(|done| *done = (*done).max(id));
+    result
 }
 
 /// Waits for a wake-up, but re-checks now and then so a missed notify never strands a writer.

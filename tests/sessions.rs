@@ -943,3 +943,36 @@ async fn a_resumed_connection_stays_linked_to_its_session() {
     patch(3).await;
     assert_eq!(ws.recv().await["seq"], 3);
 }
+
+/// In `sync` mode a session update is flushed once: the PATCH's own commit covers the
+/// write, and the `session.updated` published after it does not flush again.
+#[tokio::test]
+async fn a_sync_session_update_costs_one_flush() {
+    // No background flush during the test.
+    let server = Server::start(&["--durability", "sync", "--flush-interval-ms", "600000"]).await;
+    let sid = sid_of(&server.create_session(json!({"userId": "fay"})).await);
+    let (mut ws, _) = ws_session(&server, &sid).await;
+    let flushes = || async {
+        let text = common::http()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tether_store_flushes "))
+            .unwrap_or_else(|| panic!("no tether_store_flushes in {text}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    };
+    let before = flushes().await;
+    for n in 0..10 {
+        let (status, body) = patch_session(&server, &sid, json!({"data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+        // Published only after its flush: seeing it means the publisher is done with it.
+        assert_eq!(ws.recv_type("session.updated").await["updates"]["n"], n);
+    }
+    assert_eq!(flushes().await - before, 10, "one flush per update");
+}
