@@ -825,14 +825,7 @@ async fn health_and_metrics_show_sessions_and_bus() {
     assert_eq!(h["bus"]["published"]["session:updates"], 3, "{h}");
     assert_eq!(h["bus"]["lagged"], 0, "{h}");
 
-    let text = common::http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     for line in [
         "tether_sessions 2",
         "tether_bus_published{channel=\"session:updates\"} 3",
@@ -953,19 +946,9 @@ async fn a_sync_session_update_costs_one_flush() {
     let sid = sid_of(&server.create_session(json!({"userId": "fay"})).await);
     let (mut ws, _) = ws_session(&server, &sid).await;
     let flushes = || async {
-        let text = common::http()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("tether_store_flushes "))
-            .unwrap_or_else(|| panic!("no tether_store_flushes in {text}"));
-        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+        let text = server.metrics_text().await;
+        common::metric(&text, "tether_store_flushes")
+            .unwrap_or_else(|| panic!("no tether_store_flushes in {text}")) as u64
     };
     let before = flushes().await;
     for n in 0..10 {

@@ -59,11 +59,6 @@ async fn wait_for_conn(server: &Server, id: &str, what: &str, check: impl Fn(u16
     }
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn welcome_then_frames_as_events_with_ids() {
     let server = Server::start(&[]).await;
@@ -260,16 +255,9 @@ async fn server_close_is_a_disconnect_event_then_the_end() {
     assert_eq!(status, 404);
 
     // Counted once in the close-code figures.
-    let text = common::http()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert_eq!(
-        metric(&text, "tether_disconnects_total{code=\"4506\"}"),
+        common::metric(&text, "tether_disconnects_total{code=\"4506\"}"),
         Some(1.0),
         "{text}"
     );

@@ -144,6 +144,18 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` text (open unless the server requires a key for it).
+    pub async fn metrics_text(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().and_then(|c| c.id()).expect("running")
     }
@@ -193,6 +205,12 @@ impl Drop for Server {
             let _ = c.start_kill();
         }
     }
+}
+
+/// The value of the metric line `name` (with its labels) in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The query that resumes the connection `welcome` named, as `user`, after `last_seq`.
