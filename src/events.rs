@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::bus::{Bus, Channel};
 use crate::codec;
 use crate::model::{EventType, StoredEvent};
+use crate::sync::lock;
 use crate::time::now_ms;
 
 pub struct EventLog {
@@ -52,7 +53,7 @@ impl EventLog {
     /// not fail a connection.
     pub fn log(&self, connection_id: Uuid, user_id: &str, event_type: EventType, details: Value) {
         let (seq, timestamp) = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = lock(&self.next);
             let seq = *next;
             *next += 1;
             (seq, now_ms())

@@ -50,5 +50,6 @@ pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod transport;

@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::sync::lock;
+
 /// A gauge to render: name, help, and (labels, value) series.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 
@@ -33,12 +35,7 @@ impl Metrics {
     }
 
     pub fn disconnect(&self, code: u16) {
-        *self
-            .disconnects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(code)
-            .or_default() += 1;
+        *lock(&self.disconnects).entry(code).or_default() += 1;
     }
 
     pub fn connection_closed(&self, duration_ms: i64) {
@@ -105,12 +102,7 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# HELP tether_disconnects_total Connections closed, by close code\n# TYPE tether_disconnects_total counter");
-        for (code, n) in self
-            .disconnects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (code, n) in lock(&self.disconnects).iter() {
             let _ = writeln!(out, "tether_disconnects_total{{code=\"{code}\"}} {n}");
         }
         for (name, help, series) in gauges {

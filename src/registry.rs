@@ -27,6 +27,7 @@ use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::model::{ConnRecord, ConnState, EventType, Metadata, StoredDelivery, StoredUser};
 use crate::store::{keys, Trees};
+use crate::sync::{hash_str, lock};
 use crate::time::{now_ms, Millis};
 use crate::transport::outbox::Outbox;
 
@@ -68,11 +69,11 @@ impl Live {
 
     /// The connection's current id (an operator's migrate may change it under a live socket).
     pub fn id(&self) -> Uuid {
-        *self.id.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.id)
     }
 
     pub fn set_id(&self, id: Uuid) {
-        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+        *lock(&self.id) = id;
     }
 }
 
@@ -251,20 +252,6 @@ pub struct Registry {
     next_delivery: AtomicU64,
     /// Threads a large fan-out may use.
     cores: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn hash_str(s: &str) -> usize {
-    // FNV-1a: stable, fast, and enough to spread user ids over shards.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as usize
 }
 
 /// A new random resume token (256 bits, URL-safe).

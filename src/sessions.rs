@@ -17,6 +17,7 @@ use crate::error::Disconnect;
 use crate::model::SessionRecord;
 use crate::registry::Registry;
 use crate::store::{keys, Trees};
+use crate::sync::{hash_str, lock};
 use crate::time::{now_ms, rfc3339};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,18 +122,12 @@ impl Sessions {
     }
 
     fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
-        // FNV-1a over the id: stable and enough to spread random ids.
-        let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
-        self.stripes[h as usize % STRIPES]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.stripes[hash_str(id) % STRIPES])
     }
 
     /// Holds session writes off until the guard drops.
     pub fn freeze(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.write)
     }
 
     fn put(&self, s: &SessionRecord) -> Result<(), SessionError> {

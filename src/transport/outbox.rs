@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::Disconnect;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// Queued bytes kept allocated once a backlog has gone out; a larger buffer is released.
 const KEEP_CAPACITY: usize = 4096;
@@ -118,7 +119,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Queues a text frame. Returns false if the connection is closing (the frame is dropped:
