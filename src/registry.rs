@@ -87,6 +87,16 @@ struct Entry {
     ring: VecDeque<(u64, Arc<Delivered>)>,
 }
 
+impl Entry {
+    /// Keeps `delivered` as `seq` in the replay buffer, dropping the oldest past `max`.
+    fn keep(&mut self, seq: u64, delivered: Arc<Delivered>, max: usize) {
+        self.ring.push_back((seq, delivered));
+        while self.ring.len() > max {
+            self.ring.pop_front();
+        }
+    }
+}
+
 /// The shape of a frame delivered with a different `seq` to each connection:
 /// `{"type":"<kind>","seq":<seq>,<rest>` where `rest` is the remaining fields and the
 /// closing brace.
@@ -843,18 +853,26 @@ impl Registry {
     /// ([`Registry::assign`]), and stores it ([`Registry::store_delivery`]).
     fn deliver_in_shard<'a>(
         &self,
-        shard: &mut Shard,
+        conns: &mut HashMap<Uuid, Box<Entry>>,
         ids: impl Iterator<Item = &'a Uuid>,
         template: FrameTemplate,
     ) -> Delivery {
-        let delivered = self.new_delivery(template);
+        // Made at the first connection found: a delivery to nobody stores nothing and
+        // leaves no id for the sweeper to clear.
+        let mut template = Some(template);
+        let mut delivered = None;
         let mut out = Assigned::default();
         for conn in ids {
-            if let Some(entry) = shard.conns.get_mut(conn) {
-                self.assign(entry, &delivered, &mut out);
+            if let Some(entry) = conns.get_mut(conn) {
+                let d = delivered
+                    .get_or_insert_with(|| self.new_delivery(template.take().expect("made once")));
+                self.assign(entry, d, &mut out);
             }
         }
-        self.store_delivery(&delivered, out)
+        match delivered {
+            Some(d) => self.store_delivery(&d, out),
+            None => Delivery::default(),
+        }
     }
 
     fn new_delivery(&self, template: FrameTemplate) -> Arc<Delivered> {
@@ -878,10 +896,7 @@ impl Registry {
                 out.delivered += 1;
             }
         }
-        entry.ring.push_back((seq, delivered.clone()));
-        while entry.ring.len() > max {
-            entry.ring.pop_front();
-        }
+        entry.keep(seq, delivered.clone(), max);
         out.targets.push((*entry.rec.replay_key.as_bytes(), seq));
         out.seq = seq;
     }
@@ -923,7 +938,7 @@ impl Registry {
     /// Delivers to connection `id`. None if the connection is unknown.
     pub fn deliver(&self, id: &Uuid, template: FrameTemplate) -> Option<Delivery> {
         self.with_shard(id, |shard| {
-            self.deliver_in_shard(shard, std::iter::once(id), template)
+            self.deliver_in_shard(&mut shard.conns, std::iter::once(id), template)
         })
     }
 
@@ -942,8 +957,9 @@ impl Registry {
             want => FanOutHelpers::take(want.min(self.cores) - 1),
         };
         let Some(helpers) = helpers else {
-            let ids = shard.users.get(user).cloned().unwrap_or_default();
-            return self.deliver_in_shard(&mut shard, ids.iter(), template);
+            let Shard { conns, users } = &mut *shard;
+            let ids = users.get(user).into_iter().flatten();
+            return self.deliver_in_shard(conns, ids, template);
         };
         let delivered = self.new_delivery(template);
         let mut entries: Vec<&mut Entry> = shard
@@ -998,19 +1014,13 @@ impl Registry {
         except: Option<&Uuid>,
         template: FrameTemplate,
     ) -> Delivery {
-        let ids: Vec<Uuid> = self
-            .session_connections(session)
-            .into_iter()
-            .filter(|id| Some(id) != except)
-            .collect();
-        let Some(first) = ids.first() else {
-            return Delivery::default();
-        };
-        let Some(idx) = self.locate(first) else {
+        let ids = self.session_connections(session);
+        let Some(idx) = ids.first().and_then(|first| self.locate(first)) else {
             return Delivery::default();
         };
         let mut shard = lock(&self.shards[idx]);
-        self.deliver_in_shard(&mut shard, ids.iter(), template)
+        let ids = ids.iter().filter(|id| Some(*id) != except);
+        self.deliver_in_shard(&mut shard.conns, ids, template)
     }
 
     /// The client has everything up to `seq`: drop it from the replay buffer.
@@ -1062,14 +1072,6 @@ impl Registry {
         self.with_shard(id, |shard| {
             let e = &shard.conns[id];
             e.rec.info_json(e.state)
-        })
-    }
-
-    /// A copy of the record and its state.
-    pub fn record(&self, id: &Uuid) -> Option<(ConnRecord, ConnState)> {
-        self.with_shard(id, |shard| {
-            let e = &shard.conns[id];
-            (e.rec.clone(), e.state)
         })
     }
 
@@ -1314,10 +1316,7 @@ impl Registry {
                     let e = shard.conns.get_mut(conn).expect("checked");
                     e.rec.seq = e.rec.seq.max(seq);
                     if seq > e.rec.acked {
-                        e.ring.push_back((seq, delivered.clone()));
-                        while e.ring.len() > max {
-                            e.ring.pop_front();
-                        }
+                        e.keep(seq, delivered.clone(), max);
                     }
                 });
             }

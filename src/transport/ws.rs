@@ -573,11 +573,11 @@ impl<'a> ConnTask<'a> {
         if n > limit {
             Metrics::inc(&self.app.metrics.rate_limited);
             if n == limit + 1 {
-                let rec = self.app.registry.record(&self.live.id());
-                if let Some((rec, _)) = rec {
+                let id = self.live.id();
+                if let Some((user, _)) = self.app.registry.identity(&id) {
                     self.app.registry.events.log(
-                        rec.id,
-                        &rec.user.id,
+                        id,
+                        &user,
                         EventType::RateLimited,
                         json!({"limit": limit}),
                     );
