@@ -77,6 +77,13 @@ struct Wire {
     metrics: Arc<Metrics>,
 }
 
+/// What a push hands the outbox.
+enum Frame<'a> {
+    Message(Message),
+    /// Already framed (by tungstenite).
+    Raw(&'a [u8]),
+}
+
 /// What an SSE stream should do next.
 pub enum Next {
     Send(VecDeque<Message>),
@@ -129,13 +136,24 @@ impl Outbox {
     }
 
     pub fn push(&self, msg: Message) -> bool {
+        self.enqueue(Frame::Message(msg))
+    }
+
+    /// Bytes tungstenite itself writes on a WebSocket (the pong to a client's ping, the reply
+    /// to a client's close): already framed, sent in turn with everything else. Dropped once
+    /// the connection is closing: our own close frame is, or will be, on the wire.
+    pub fn push_raw(&self, bytes: &[u8]) {
+        self.enqueue(Frame::Raw(bytes));
+    }
+
+    fn enqueue(&self, frame: Frame<'_>) -> bool {
         let mut inner = self.lock();
         if inner.close.is_some() {
             return false;
         }
         let Inner { queue, close } = &mut *inner;
-        let fits = match queue {
-            Queue::Frames { frames, bytes } => {
+        let fits = match (&mut *queue, frame) {
+            (Queue::Frames { frames, bytes }, Frame::Message(msg)) => {
                 let len = msg.len();
                 let fits = *bytes + len <= self.limit;
                 if fits {
@@ -147,16 +165,21 @@ impl Outbox {
                 }
                 fits
             }
-            Queue::Wire(wire) => {
+            // Only a WebSocket has a tungstenite writing into it.
+            (Queue::Frames { .. }, Frame::Raw(_)) => return false,
+            (Queue::Wire(wire), frame) => {
                 if wire.half.is_none() {
                     // The connection task has ended; nothing is sent on this socket again.
                     return false;
                 }
-                let Some((opcode, payload)) = wire_parts(&msg) else {
-                    return true;
-                };
                 let was_idle = wire.pending.is_empty();
-                let fits = wire.send(opcode, payload, self.limit);
+                let fits = match &frame {
+                    Frame::Message(msg) => match wire_parts(msg) {
+                        Some((opcode, payload)) => wire.send(opcode, payload, self.limit),
+                        None => return true,
+                    },
+                    Frame::Raw(bytes) => wire.send_raw(bytes, self.limit),
+                };
                 if fits && was_idle && !wire.pending.is_empty() {
                     self.ready.notify_one();
                 }
@@ -167,25 +190,6 @@ impl Outbox {
             self.overflow(close, queue);
         }
         fits
-    }
-
-    /// Bytes tungstenite itself writes on a WebSocket (the pong to a client's ping, the reply
-    /// to a client's close): already framed, sent in turn with everything else. Dropped once
-    /// the connection is closing: our own close frame is, or will be, on the wire.
-    pub fn push_raw(&self, bytes: &[u8]) {
-        let mut inner = self.lock();
-        if inner.close.is_some() {
-            return;
-        }
-        let Inner { queue, close } = &mut *inner;
-        if let Queue::Wire(wire @ Wire { half: Some(_), .. }) = queue {
-            let was_idle = wire.pending.is_empty();
-            if !wire.send_raw(bytes, self.limit) {
-                self.overflow(close, queue);
-            } else if was_idle && !wire.pending.is_empty() {
-                self.ready.notify_one();
-            }
-        }
     }
 
     /// The client stopped reading: close with 4010. An SSE queue is dropped; a WebSocket's
