@@ -389,7 +389,10 @@ impl Registry {
 
     // ----- shard bookkeeping ---------------------------------------------------------
 
-    fn insert_locked(&self, shard_idx: usize, shard: &mut Shard, entry: Entry) {
+    /// Adds `entry` to the shard and its indexes. A connection that is not Detached counts
+    /// as attached, unless `reserved`: `register` has counted it already, when it checked
+    /// `max_total`.
+    fn insert_locked(&self, shard_idx: usize, shard: &mut Shard, entry: Entry, reserved: bool) {
         let id = entry.rec.id;
         let user = entry.rec.user.id.clone();
         if let Some(sid) = &entry.rec.session_id {
@@ -398,7 +401,7 @@ impl Registry {
                 .or_default()
                 .push(id);
         }
-        if entry.state != ConnState::Detached {
+        if entry.state != ConnState::Detached && !reserved {
             self.attached.fetch_add(1, Ordering::Relaxed);
         }
         let list = shard.users.entry(user).or_default();
@@ -503,7 +506,7 @@ impl Registry {
         }
 
         // Reserve the slot now (compare-and-swap), so concurrent connects on other shards
-        // cannot both take the last one; `insert_locked` counts it again, undone below.
+        // cannot both take the last one; `insert_locked` is told it is counted.
         let max = self.limits.max_total;
         if resumed_from.is_none()
             && self
@@ -565,6 +568,7 @@ impl Registry {
                         live: None,
                         ring: old.ring,
                     },
+                    false,
                 );
                 return Ok(reg);
             }
@@ -605,8 +609,8 @@ impl Registry {
                 live: None,
                 ring: VecDeque::new(),
             },
+            true,
         );
-        self.attached.fetch_sub(1, Ordering::SeqCst);
         Ok(Registered {
             id,
             resume_token: token,
@@ -1167,7 +1171,7 @@ impl Registry {
             );
             let info = entry.rec.info_json(entry.state);
             let idx = self.shard_of_user(&entry.rec.user.id);
-            self.insert_locked(idx, shard, entry);
+            self.insert_locked(idx, shard, entry, false);
             Ok(info)
         })
         .unwrap_or(Err(MigrateError::Unknown))
@@ -1255,6 +1259,7 @@ impl Registry {
                     live: None,
                     ring: VecDeque::new(),
                 },
+                false,
             );
             report.detached += 1;
         }
