@@ -17,7 +17,6 @@
 //! read directly (its lock is taken, so a running server is refused with a clear message).
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -135,24 +134,10 @@ pub async fn backup(args: BackupArgs) -> Result<(), String> {
     };
     // Check what we got before writing it anywhere.
     verify(&bytes)?;
-    write_private(&args.out, &bytes)
+    crate::secrets::replace_file(&args.out, &bytes)
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
     eprintln!("wrote {} ({} bytes)", args.out.display(), bytes.len());
     Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("partial");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, path)
 }
 
 /// A minimal HTTP/1.1 GET of `<server>/v1/backup` (plain HTTP on the operator's own box).
@@ -319,7 +304,8 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
     // The store now carries the backup's id.
     trees.write_manifest(dir).map_err(|e| e.to_string())?;
     if !snap.secrets.is_empty() {
-        write_private(&crate::secrets::path(dir), &snap.secrets).map_err(|e| e.to_string())?;
+        crate::secrets::replace_file(&crate::secrets::path(dir), &snap.secrets)
+            .map_err(|e| e.to_string())?;
     }
     eprintln!(
         "restored {} records (schema {}) into {}",

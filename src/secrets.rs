@@ -132,7 +132,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Secrets, bool), SecretsError> 
                 .unwrap_or_else(|| random_token(SECRET_BYTES)),
             admin_api_key: partial.admin_api_key.unwrap_or_else(new_api_key),
         };
-        if publish(&file, &render(&secrets), replace).map_err(write_err)? {
+        if publish(&file, render(&secrets).as_bytes(), replace).map_err(write_err)? {
             return Ok((secrets, true));
         }
     }
@@ -218,13 +218,23 @@ fn render(secrets: &Secrets) -> String {
     )
 }
 
+/// Replaces `file` with `contents` so that a crash leaves the old file or the new one,
+/// never a part: a private (0600) temporary file beside it, synced, renamed over it, and the
+/// directory synced. For every file tether writes into a data directory.
+pub fn replace_file(file: &Path, contents: &[u8]) -> io::Result<()> {
+    publish(file, contents, true).map(|_| ())
+}
+
 /// Writes `contents` to a private temporary file beside `file`, then publishes it: by rename
 /// when `replace`, else by hard link, which fails if `file` appeared meanwhile. Returns
 /// whether our contents were published.
-fn publish(file: &Path, contents: &str, replace: bool) -> io::Result<bool> {
+fn publish(file: &Path, contents: &[u8], replace: bool) -> io::Result<bool> {
     let dir = file.parent().unwrap_or(Path::new("."));
+    let name = file
+        .file_name()
+        .map_or_else(|| FILE_NAME.into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(
-        ".{FILE_NAME}.{}.{}.tmp",
+        ".{name}.{}.{}.tmp",
         std::process::id(),
         random_token(6)
     ));
@@ -248,7 +258,7 @@ fn publish(file: &Path, contents: &str, replace: bool) -> io::Result<bool> {
     result
 }
 
-fn write_private(tmp: &Path, contents: &str) -> io::Result<()> {
+fn write_private(tmp: &Path, contents: &[u8]) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -257,7 +267,7 @@ fn write_private(tmp: &Path, contents: &str) -> io::Result<()> {
         options.mode(0o600);
     }
     let mut f = options.open(tmp)?;
-    f.write_all(contents.as_bytes())?;
+    f.write_all(contents)?;
     f.sync_all()
 }
 

@@ -211,14 +211,12 @@ impl Trees {
         let text = format!(
             "# Written by tether: the identity of the store beside it. Keep it with the store.\nschema_version = {SCHEMA_VERSION}\nstore_id = \"{id}\"\n"
         );
-        let path = manifest_path(data_dir);
-        let tmp = path.with_extension("tmp");
-        let dir_err = |source| StoreError::Dir {
-            dir: data_dir.display().to_string(),
-            source,
-        };
-        std::fs::write(&tmp, text).map_err(dir_err)?;
-        std::fs::rename(&tmp, &path).map_err(dir_err)
+        crate::secrets::replace_file(&manifest_path(data_dir), text.as_bytes()).map_err(|source| {
+            StoreError::Dir {
+                dir: data_dir.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// Sizes and counts, for `inspect` and `/v1/health`.
