@@ -160,7 +160,7 @@ fn opt_u64(m: &Map<String, Value>, key: &str, min: u64) -> Result<Option<u64>> {
 
 /// The longest TTL an API call may set: the same bound `ttl_seconds` has in the config.
 /// Larger values would overflow the millisecond clock and land in the past.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+const MAX_TTL_SECONDS: u64 = crate::config::MAX_SECONDS;
 
 /// A TTL in seconds: 1 to [`MAX_TTL_SECONDS`] (422 otherwise).
 fn opt_ttl(m: &Map<String, Value>, key: &str) -> Result<Option<u64>> {

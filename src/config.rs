@@ -66,7 +66,7 @@ pub const API_KEY_MIN_LEN: usize = 20;
 
 /// Upper bound for durations in seconds (ten years). Larger values would overflow
 /// `Instant + Duration` arithmetic elsewhere; nobody needs them.
-const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 const MAX_MILLIS: u64 = MAX_SECONDS * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
