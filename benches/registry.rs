@@ -1,16 +1,19 @@
-//! Micro-benchmarks of the registry and the codec with 100,000 connections already present.
+//! Micro-benchmarks of the connection store and the codec with 100,000 connections already
+//! present.
 //!
 //!     cargo bench --bench registry
 //!
-//! The registry is built as `server::run_until` builds it: the real sled store (in a temporary
+//! The store is the embedded one as the server wires it: the real sled store (in a temporary
 //! directory), a real `EventLog` over a `MemoryBus`, `Metrics`, and `Limits` roomy enough that
-//! nothing is evicted or refused. It is preloaded once with 100,000 connections spread over
-//! 10,000 users (10 each, every user with one session), and every benchmark leaves it at that
-//! size: what one iteration adds, it or its untimed other half takes away again.
+//! nothing is evicted or refused, in `relaxed` durability so that no flush is timed. It is
+//! preloaded once with 100,000 connections spread over 10,000 users (10 each, every user with
+//! one session), and every benchmark leaves it at that size: what one iteration adds, it or
+//! its untimed other half takes away again. Each call runs on a current-thread runtime
+//! (`block_on`), as the store's methods are async.
 //!
-//! `register` writes through to sled (its in-memory log, no flush) and logs an event, so it is
-//! the real write path; activation is not part of it. Unregistering is `force_disconnect`,
-//! the same removal `finish` does with `Fate::Remove` (which needs an activated socket).
+//! `admit` writes through to sled (its in-memory log, no flush) and logs an event, so it is
+//! the real write path; activation is not part of it. Unregistering is `remove`, the same
+//! removal `finish` does with `Fate::Remove`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,14 +26,16 @@ use uuid::Uuid;
 use tether::auth::AuthUser;
 use tether::bus::{Bus, MemoryBus};
 use tether::codec;
-use tether::error::Disconnect;
-use tether::events::EventLog;
+use tether::config::Durability;
+use tether::durability::Flusher;
 use tether::metrics::Metrics;
 use tether::model::{
     ConnRecord, ConnState, ConnType, EventType, Metadata, RateLimit, SessionRecord, StoredUser,
 };
-use tether::registry::{Limits, NewConn, Registry};
-use tether::store::Trees;
+use tether::protocol::Disconnect;
+use tether::store::embedded::conns::Conns;
+use tether::store::embedded::events::EventLog;
+use tether::store::{ConnStore, Limits, NewConn, Trees};
 use tether::time::now_ms;
 
 const CONNECTIONS: usize = 100_000;
@@ -111,15 +116,22 @@ fn new_conn(n: usize) -> NewConn {
         session_id: Some(session_id(u)),
         meta,
         resume: None,
+        trusted_resume: false,
     }
 }
 
-/// The registry as the server wires it, over a fresh store in `dir`.
-fn registry(dir: &std::path::Path) -> Registry {
+/// The connection store as the server wires it, over a fresh store in `dir`.
+fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
+    let _guard = rt.enter();
     let trees = Trees::open(dir, CACHE_BYTES).expect("open the store");
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
     let metrics = Arc::new(Metrics::default());
-    let events = EventLog::open(trees.events.clone(), EVENT_LOG_MAX, bus);
+    let events = Arc::new(EventLog::open(trees.events.clone(), EVENT_LOG_MAX, bus));
+    let flusher = Flusher::start(
+        trees.db.clone(),
+        Durability::Relaxed,
+        Duration::from_millis(500),
+    );
     let limits = Limits {
         max_per_user: 1_000,
         max_total: 10 * CONNECTIONS,
@@ -128,20 +140,46 @@ fn registry(dir: &std::path::Path) -> Registry {
         replay_buffer_messages: 256,
         messages_per_minute: 120,
     };
-    Registry::new(trees, events, metrics, limits)
+    Conns::new(trees, flusher, events, metrics, limits, "bench".into())
 }
 
-fn remove(reg: &Registry, id: &Uuid) {
-    let gone = reg.force_disconnect(id, Disconnect::normal(), EventType::Disconnected);
-    assert!(gone, "{id} was registered");
+/// The store and the runtime its calls run on.
+struct Reg {
+    rt: tokio::runtime::Runtime,
+    conns: Conns,
+}
+
+impl Reg {
+    fn register(&self, nc: NewConn) -> Uuid {
+        self.rt
+            .block_on(self.conns.admit(nc, "bench"))
+            .expect("register")
+            .id
+    }
+
+    fn remove(&self, id: &Uuid) {
+        let gone = self
+            .rt
+            .block_on(
+                self.conns
+                    .remove(id, &Disconnect::normal(), EventType::Disconnected),
+            )
+            .expect("remove");
+        assert!(gone.is_some(), "{id} was registered");
+    }
 }
 
 fn bench_registry(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let reg = registry(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let conns = store(&rt, dir.path());
+    let reg = Reg { rt, conns };
     let started = Instant::now();
     let mut ids: Vec<Uuid> = (0..CONNECTIONS)
-        .map(|n| reg.register(new_conn(n)).expect("register").id)
+        .map(|n| reg.register(new_conn(n)))
         .collect();
     eprintln!(
         "preloaded {CONNECTIONS} connections over {USERS} users in {:.1?}",
@@ -156,14 +194,16 @@ fn bench_registry(c: &mut Criterion) {
     // `lookup`: one connection's ConnectionInfo JSON (locator, shard lock, JSON building).
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     g.bench_function("info", |b| {
-        b.iter(|| black_box(reg.info(&ids[rng.below(ids.len())])))
+        b.iter(|| black_box(reg.rt.block_on(reg.conns.info(&ids[rng.below(ids.len())]))))
     });
 
     // `getUserConnections`: the ConnectionInfo of each of a user's 10 connections.
     let users: Vec<String> = (0..USERS).map(user_id).collect();
     g.bench_function("user_connections", |b| {
         b.iter(|| {
-            let list = reg.user_connections(&users[rng.below(USERS)]);
+            let list = reg
+                .rt
+                .block_on(reg.conns.user_connections(&users[rng.below(USERS)]));
             debug_assert_eq!(list.len(), 10);
             black_box(list)
         })
@@ -177,14 +217,17 @@ fn bench_registry(c: &mut Criterion) {
         b.iter_batched(
             || (rng.below(count), Uuid::new_v4()),
             |(k, to)| {
-                reg.migrate(&ids[k], to).expect("migrate");
+                reg.rt
+                    .block_on(reg.conns.migrate(&ids[k], to))
+                    .expect("store")
+                    .expect("migrate");
                 ids[k] = to;
             },
             BatchSize::SmallInput,
         )
     });
 
-    // `register` of a new connection for an existing user (its 11th): token, record, three
+    // `admit` of a new connection for an existing user (its 11th): token, record, three
     // sled inserts, one event. Timed in chunks; each chunk is removed again, untimed.
     let mut next = CONNECTIONS;
     g.bench_function("register", |b| {
@@ -193,13 +236,10 @@ fn bench_registry(c: &mut Criterion) {
                 let batch: Vec<NewConn> = (next..next + n).map(new_conn).collect();
                 next += n;
                 let t = Instant::now();
-                let made: Vec<Uuid> = batch
-                    .into_iter()
-                    .map(|nc| reg.register(nc).expect("register").id)
-                    .collect();
+                let made: Vec<Uuid> = batch.into_iter().map(|nc| reg.register(nc)).collect();
                 let timed = t.elapsed();
                 for id in &made {
-                    remove(&reg, id);
+                    reg.remove(id);
                 }
                 timed
             })
@@ -213,12 +253,12 @@ fn bench_registry(c: &mut Criterion) {
         b.iter_custom(|iters| {
             in_chunks(iters, |n| {
                 let made: Vec<Uuid> = (next..next + n)
-                    .map(|k| reg.register(new_conn(k)).expect("register").id)
+                    .map(|k| reg.register(new_conn(k)))
                     .collect();
                 next += n;
                 let t = Instant::now();
                 for id in &made {
-                    remove(&reg, id);
+                    reg.remove(id);
                 }
                 t.elapsed()
             })
@@ -226,7 +266,13 @@ fn bench_registry(c: &mut Criterion) {
     });
     g.finish();
 
-    let total: usize = reg.count_by().0.values().sum::<u64>() as usize;
+    let total: usize = reg
+        .rt
+        .block_on(reg.conns.counts())
+        .0
+        .iter()
+        .map(|(_, n)| *n)
+        .sum::<u64>() as usize;
     assert_eq!(
         total, CONNECTIONS,
         "every benchmark left the registry as it found it"

@@ -272,6 +272,24 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// `n` random bytes from the operating system, URL-safe base64.
+fn random_b64(n: usize) -> String {
+    use base64::Engine;
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the operating system has no random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A new random resume token (256 bits, URL-safe).
+pub fn new_token() -> String {
+    random_b64(32)
+}
+
+/// A new session id: 192 random bits, URL-safe.
+pub fn new_session_id() -> String {
+    random_b64(24)
+}
+
 /// Signs `claims` (a JSON object) with a shared secret. HS* only: for the
 /// asymmetric algorithms tether holds just the public key.
 pub fn mint(secret: &[u8], alg: JwtAlgorithm, claims: &Value) -> Result<String, AuthError> {

@@ -1,177 +1,117 @@
-//! Typed ways a connection ends and an API call fails, each mapped to the wire in one place.
+//! Errors of the HTTP API: the one JSON body of [`crate::protocol::ErrorBody`] with its
+//! status, and every domain error mapped to its HTTP status here and nowhere else.
 
-use serde_json::json;
 use warp::http::StatusCode;
 
-/// What becomes of a connection's record once its socket is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fate {
-    /// Removed from the registry and the store.
-    Remove,
-    /// Kept as Detached, resumable until the grace period ends.
-    Detach,
-    /// Left as it is: it was migrated away, or the server is stopping (start-up detaches it).
-    Keep,
-}
+use crate::protocol::{CloseCode, Disconnect};
+use crate::store::StoreError;
 
-/// A server-initiated close: the code, a short reason, and whether the client should
-/// reconnect. It is sent as a `disconnect` frame and then as the close frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disconnect {
-    pub code: u16,
-    pub reason: String,
-    pub fate: Fate,
-}
-
-impl Disconnect {
-    fn new(code: u16, reason: &str, fate: Fate) -> Disconnect {
-        Disconnect {
-            code,
-            reason: truncate_reason(reason),
-            fate,
-        }
-    }
-
-    pub fn normal() -> Self {
-        Self::new(1000, "normal close", Fate::Remove)
-    }
-    pub fn shutdown() -> Self {
-        Self::new(1001, "server shutting down", Fate::Keep)
-    }
-    pub fn too_large() -> Self {
-        Self::new(1009, "frame too large", Fate::Remove)
-    }
-    pub fn server_full() -> Self {
-        Self::new(1013, "server full", Fate::Remove)
-    }
-    pub fn auth_timeout() -> Self {
-        Self::new(4002, "authentication timeout", Fate::Remove)
-    }
-    pub fn expired() -> Self {
-        Self::new(4004, "connection expired", Fate::Detach)
-    }
-    pub fn operator_reconnect(reason: &str) -> Self {
-        Self::new(4006, reason, Fate::Remove)
-    }
-    pub fn slow_consumer() -> Self {
-        Self::new(4010, "slow consumer", Fate::Detach)
-    }
-    pub fn no_heartbeat() -> Self {
-        Self::new(4012, "no heartbeat", Fate::Detach)
-    }
-    pub fn unauthorized(reason: &str) -> Self {
-        Self::new(4501, reason, Fate::Remove)
-    }
-    pub fn session_ended(reason: &str) -> Self {
-        Self::new(4503, reason, Fate::Remove)
-    }
-    pub fn evicted() -> Self {
-        Self::new(
-            4505,
-            "evicted: too many connections for this user",
-            Fate::Remove,
-        )
-    }
-    pub fn operator(reason: &str) -> Self {
-        Self::new(4506, reason, Fate::Remove)
-    }
-    pub fn replaced() -> Self {
-        Self::new(4507, "replaced by a resumed connection", Fate::Keep)
-    }
-    pub fn rate_abuse() -> Self {
-        Self::new(4508, "rate limit abuse", Fate::Remove)
-    }
-    pub fn protocol_abuse() -> Self {
-        Self::new(4509, "too many bad frames", Fate::Remove)
-    }
-
-    /// 4000–4499 and the 1xxx codes that invite a retry mean "reconnect".
-    pub fn reconnect(&self) -> bool {
-        matches!(self.code, 1001 | 1013 | 4000..=4499)
-    }
-
-    pub fn frame(&self) -> String {
-        json!({
-            "type": "disconnect",
-            "code": self.code,
-            "reason": self.reason,
-            "reconnect": self.reconnect(),
-        })
-        .to_string()
-    }
-}
-
-/// Close reasons must fit the 123-byte limit of a close frame; we keep them well under.
-fn truncate_reason(reason: &str) -> String {
-    const MAX: usize = 100;
-    if reason.len() <= MAX {
-        return reason.to_string();
-    }
-    let mut end = MAX;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_string()
-}
+pub use crate::protocol::{ErrorBody, ErrorCode};
 
 /// An HTTP API error: `{"error": {"code", "message"}}` with its status.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
+    /// Set on an SSE refusal: the close code a WebSocket would have seen.
+    pub close_code: Option<u16>,
+    /// Set on a 405: the methods the path takes (the `Allow` header).
+    pub allow: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            status: StatusCode::from_u16(code.status()).expect("a valid status"),
             code,
             message: message.into(),
+            close_code: None,
+            allow: String::new(),
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::MethodNotAllowed, message)
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(ErrorCode::Conflict, message)
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(ErrorCode::PayloadTooLarge, message)
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+        Self::new(ErrorCode::InvalidValue, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
     }
     /// A failure of our own (the store refused a write). The detail goes to the log, not to
     /// the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error answering an API call");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
+    }
+
+    /// A connection refused before it was upgraded (SSE): 401 for a credential, 503
+    /// otherwise, with the close code a WebSocket would have seen.
+    pub fn refused(d: &Disconnect) -> Self {
+        let code = if d.code == CloseCode::Unauthorized {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::Unavailable
+        };
+        ApiError {
+            close_code: Some(d.code.as_u16()),
+            ..Self::new(code, d.reason.clone())
+        }
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        let mut body = ErrorBody::api(self.code, &self.message);
+        body.close_code = self.close_code;
+        serde_json::json!({ "error": body })
     }
 }
 
-impl From<sled::Error> for ApiError {
-    fn from(e: sled::Error) -> Self {
-        ApiError::internal(e)
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => ApiError::unavailable(why),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_body_for_the_api_and_for_frames() {
+        let api = ApiError::not_found("unknown connection x").body();
+        assert_eq!(
+            api,
+            serde_json::json!({"error": {"code": "not_found", "message": "unknown connection x"}})
+        );
+        let frame = serde_json::to_value(ErrorBody::frame(ErrorCode::BadFrame, "m", None)).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"code": "bad_frame", "message": "m", "id": null})
+        );
+        let sse = ApiError::refused(&Disconnect::unauthorized("bad token")).body();
+        assert_eq!(sse["error"]["closeCode"], 4501);
+        assert_eq!(ApiError::refused(&Disconnect::server_full()).status, 503);
     }
 }

@@ -3,38 +3,38 @@
 //!
 //! # A walk through the layout
 //!
-//! A request arrives at the listener in [`server`], which owns the accept loop, the
-//! background tasks (expiry sweeper, session reactor) and graceful shutdown. `GET /ws` goes to
-//! [`transport::ws`], which performs the WebSocket upgrade itself (to choose small socket
-//! buffers) and runs one connection's state machine; `GET /sse` goes to [`transport::sse`];
-//! every other route is in [`api`], one `match` over method and path.
+//! A request arrives at the listener in [`server`], which owns the accept loop, wires the
+//! pieces together and shuts them down cleanly. `GET /ws` goes to [`transport::ws`], which
+//! performs the WebSocket upgrade itself (to choose small socket buffers) and runs one
+//! connection's state machine ([`transport::ws::conn`]); `GET /sse` goes to
+//! [`transport::sse`]; every other route is in [`api`], one module per resource.
 //!
-//! A connection proves who it is through [`auth`] (JWT, API key) or [`sessions`] (a
-//! server-side session id), and is then registered in the [`registry`], the seed's
-//! ConnectionManager: who is connected where, with which metadata, under which limits. The
-//! registry answers from memory, sharded by user id, and writes every change through to the
-//! sled [`store`]; values are encoded by [`codec`] (bincode behind a version byte), and
-//! [`durability`] makes writes durable with one shared flush per burst (group commit) before
-//! anything is acknowledged.
+//! Every transport and route talks to the [`node`]: the coordinator that owns the
+//! configuration ([`config`]), the authenticator ([`auth`]: JWT, API keys, and [`secrets`]
+//! generated on first start), the live sockets and the state of record. [`node::Node::connect`]
+//! is the one connection lifecycle; every API mutation is a node method that returns once
+//! its write is durable.
 //!
-//! Each connection has an [`transport::outbox::Outbox`]: producers hand it frames without
-//! waiting; a WebSocket's outbox writes them to the socket at once and queues, boundedly,
-//! only what the socket does not take, which the connection's writer sends later. Every `message` and
-//! `session.updated` a connection is sent gets the next `seq` and is also kept in its replay
-//! buffer in sled, so a client that comes back after a restart or a lost socket resumes
-//! ([`registry::Registry::register`] migrates the old record to the new id) and is sent
-//! what it missed, in order.
+//! The node's live sockets are in the [`hub`]: one [`hub::Handle`] per connection with a
+//! socket here, sharded by user, each with its bounded [`hub::Outbox`] written through a
+//! small [`hub::Transport`] (one per wire). The hub knows nothing of storage.
 //!
-//! Session changes travel over the [`bus`] (an in-process stand-in for Redis pub/sub);
-//! [`sessions::run_reactor`] is the one subscriber that turns them into frames and closes.
-//! Lifecycle events are kept in a bounded log ([`events`]) and mirrored on the bus.
-//! [`metrics`] serves `/metrics`; [`config`] and [`secrets`] turn files, environment and
-//! flags into a [`config::Config`]; [`backup`] copies a data directory in and out.
+//! The state of record is behind the traits of [`store`]: connections (records, indexes,
+//! `seq`, replay buffers, resume tokens, limits), sessions and the event log. Its first
+//! implementation is [`store::embedded`]: sled under the data directory, records in memory
+//! and written through, values encoded by [`codec`] (bincode behind a version byte) and made
+//! durable by group commit ([`durability`]).
+//!
+//! Changes travel over the [`bus`] as typed events (`session:*`, `connection:events`, and
+//! commands addressed to a node); the node's reactor turns them into frames and closes.
+//! [`protocol`] is the wire: client and server frames, close codes; [`error`] is the one
+//! error body and the one mapping to HTTP statuses. [`model`] holds the records and their
+//! JSON shapes, [`metrics`] the counters of `/metrics`, [`backup`] the `backup`, `restore`
+//! and `inspect` commands, [`time`] and [`sync`] small shared pieces.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod bus;
@@ -42,13 +42,13 @@ pub mod codec;
 pub mod config;
 pub mod durability;
 pub mod error;
-pub mod events;
+pub mod hub;
 pub mod metrics;
 pub mod model;
-pub mod registry;
+pub mod node;
+pub mod protocol;
 pub mod secrets;
 pub mod server;
-pub mod sessions;
 pub mod store;
 pub mod sync;
 pub mod time;

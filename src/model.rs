@@ -10,7 +10,9 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::time::{rfc3339, Millis};
 
-/// A connection's lifecycle state (SPEC §1). Only `Active` and `Detached` are ever stored.
+/// A connection's lifecycle state (SPEC §1). A record is `Authenticated` while it is being
+/// registered, `Active` once its `welcome` is sent, `Detached` while it has no socket; the
+/// other states belong to a socket that has no record (yet, or any more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConnState {
     Connecting,
@@ -154,13 +156,14 @@ pub struct ConnRecord {
 }
 
 impl ConnRecord {
-    /// `ConnectionInfo` of the API.
-    pub fn info_json(&self, state: ConnState) -> Value {
+    /// `ConnectionInfo` of the API; `node` holds its socket (None while Detached).
+    pub fn info_json(&self, node: Option<&str>) -> Value {
         json!({
             "connectionId": self.id,
             "userId": self.user.id,
             "sessionId": self.session_id,
-            "state": state.as_str(),
+            "state": self.state.as_str(),
+            "node": node,
             "connectedAt": rfc3339(self.connected_at),
             "expiresAt": rfc3339(self.expires_at),
             "metadata": self.meta.to_json(),
@@ -176,6 +179,30 @@ pub struct StoredDelivery {
     pub kind: String,
     pub rest: String,
     pub targets: Vec<([u8; 16], u64)>,
+}
+
+/// One frame's target in a delivery: a connection and the seq it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub id: Uuid,
+    pub seq: u64,
+}
+
+/// Where a session change came from (`source` of `session:updates`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Http,
+    WebSocket,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::WebSocket => "websocket",
+        }
+    }
 }
 
 /// Connection lifecycle events (SPEC §5 `ConnectionEvent`).

@@ -9,23 +9,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower_service::Service;
-use warp::http::Request;
+use warp::http::{Method, Request, Response};
 
-use crate::app::App;
 use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
-use crate::error::Disconnect;
-use crate::events::EventLog;
 use crate::metrics::Metrics;
-use crate::registry::{Limits, Registry};
-use crate::sessions::Sessions;
-use crate::store::{lock_data_dir, Store, StoreError};
+use crate::node::Node;
+use crate::store::{lock_data_dir, EmbeddedStore, StoreError};
 use crate::transport::PeerAddr;
+
+/// The body of every response: warp's, an SSE stream's, or a small JSON refusal.
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Events kept per bus channel for a subscriber that falls behind.
 const BUS_CAPACITY: usize = 65_536;
@@ -86,7 +87,10 @@ pub async fn run_until(
         tracing::info!(path = %secrets_path.display(), "secrets file");
     }
     let auth = Authenticator::new(&config).map_err(|e| ServeError::Auth(e.to_string()))?;
-    let store = Store::open(&config, lock)?;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
+    let metrics = Arc::new(Metrics::default());
+    let node_id = node_id(&config);
+    let store = EmbeddedStore::open(&config, lock, bus.clone(), metrics.clone(), node_id.clone())?;
 
     let listener = listen(config.listen).map_err(|source| ServeError::Listen {
         addr: config.listen,
@@ -97,58 +101,22 @@ pub async fn run_until(
         source,
     })?;
 
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
-    let metrics = Arc::new(Metrics::default());
-    let events = EventLog::open(
-        store.trees.events.clone(),
-        config.event_log_max,
-        bus.clone(),
-    );
-    let limits = Limits {
-        max_per_user: config.max_per_user,
-        max_total: config.max_total,
-        ttl_seconds: config.ttl_seconds,
-        resume_grace_seconds: config.resume_grace_seconds,
-        replay_buffer_messages: config.replay_buffer_messages as u64,
-        messages_per_minute: config.messages_per_minute,
-    };
-    let registry = Arc::new(Registry::new(
-        store.trees.clone(),
-        events,
-        metrics.clone(),
-        limits,
-    ));
-    let sessions = Sessions::new(
-        store.trees.clone(),
-        bus.clone(),
-        store.flusher.clone(),
-        config.session_ttl_seconds,
-    );
-    let app = Arc::new(App::new(
+    let node = Arc::new(Node::new(
         config,
         auth,
-        store,
-        registry.clone(),
-        sessions,
-        bus.clone(),
+        store.stores(),
+        bus,
         metrics,
+        node_id,
     ));
 
     // Listen first, so /health and /ready answer (503) while recovery runs.
     let (stop_accepting_tx, stop_accepting) = tokio::sync::watch::channel(false);
-    let acceptor = tokio::spawn(accept_loop(listener, app.clone(), stop_accepting));
+    let acceptor = tokio::spawn(accept_loop(listener, node.clone(), stop_accepting));
     tracing::info!("listening on http://{addr}");
 
-    let report = tokio::task::spawn_blocking({
-        let registry = registry.clone();
-        move || registry.recover()
-    })
-    .await
-    .map_err(|e| ServeError::Recovery(e.to_string()))?
-    .map_err(|e| ServeError::Recovery(e.to_string()))?;
-    app.store
-        .flusher
-        .flush_now()
+    let report = node
+        .recover()
         .await
         .map_err(|e| ServeError::Recovery(e.to_string()))?;
     tracing::info!(
@@ -157,34 +125,28 @@ pub async fn run_until(
         "recovered stored connections"
     );
 
-    tokio::spawn(crate::sessions::run_reactor(bus.clone(), registry.clone()));
-    let sweeper = tokio::spawn(sweep_loop(app.clone()));
-    app.set_ready(true);
-    tracing::info!(durability = ?app.config.durability, data_dir = %app.config.data_dir.display(), "ready");
+    node.start_background();
+    node.set_ready(true);
+    tracing::info!(node = node.id(), durability = ?node.config.durability, data_dir = %node.config.data_dir.display(), "ready");
 
     stop.await;
     tracing::info!("shutting down: closing sockets with 1001");
-    app.set_ready(false);
     let _ = stop_accepting_tx.send(true);
-    let _ = app.stopping.send(true);
-    sweeper.abort();
-    let closing = app.registry.close_all(&Disconnect::shutdown());
-    if tokio::time::timeout(SHUTDOWN_WAIT, app.tasks.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = app.tasks.running(),
-            "some sockets did not finish closing in time"
-        );
-    }
+    let closing = node.shutdown(SHUTDOWN_WAIT).await;
     let _ = acceptor.await;
-    app.registry.persist_all();
-    if let Err(e) = app.store.flusher.flush_now().await {
-        tracing::error!(error = %e, "final flush failed");
-    }
     tracing::info!(closed = closing, "stopped");
     Ok(())
+}
+
+/// This node's id: configured, or the host name and a random suffix, new at every start.
+fn node_id(_config: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tether".into());
+    let suffix: String = crate::auth::new_token().chars().take(6).collect();
+    format!("{host}-{suffix}")
 }
 
 /// Binds with a deep accept queue: after a restart every client reconnects at once, and
@@ -202,10 +164,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    app: Arc<App>,
+    node: Arc<Node>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let routes = warp::service(crate::api::routes(app.clone()));
+    let routes = warp::service(crate::api::routes(node.clone()));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -220,20 +182,36 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
+        let node = node.clone();
         let routes = routes.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
-                let app = app.clone();
+                let node = node.clone();
                 let mut routes = routes.clone();
                 async move {
-                    if req.uri().path() == "/ws" {
-                        crate::transport::ws::handle(app, req).await
+                    let path = req.uri().path();
+                    let r: Response<Body> = if path == "/ws" {
+                        let r = crate::transport::ws::handle(node, req).await?;
+                        r.map(|b| b.map_err(Into::into).boxed())
+                    } else if path == "/sse" && req.method() == Method::GET {
+                        crate::transport::sse::handle(
+                            node,
+                            req.headers(),
+                            req.uri().query(),
+                            Some(peer),
+                        )
+                        .await
+                        .into_response(|b| match b {
+                            Ok(stream) => stream.map_err(|e| match e {}).boxed(),
+                            Err(json) => Full::new(json).map_err(|e| match e {}).boxed(),
+                        })
                     } else {
-                        routes.call(req).await
-                    }
+                        let r = routes.call(req).await?;
+                        r.map(|b| b.map_err(Into::into).boxed())
+                    };
+                    Ok::<_, Infallible>(r)
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -252,31 +230,5 @@ async fn accept_loop(
                 }
             }
         });
-    }
-}
-
-/// Once a second: TTL expiry and detached clean-up, session expiry, the message-rate figure.
-async fn sweep_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = app
-        .metrics
-        .messages_delivered
-        .load(std::sync::atomic::Ordering::Relaxed);
-    loop {
-        tick.tick().await;
-        let app2 = app.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            app2.registry.sweep();
-            app2.registry.collect_garbage();
-            app2.sessions.sweep();
-        })
-        .await;
-        let now = app
-            .metrics
-            .messages_delivered
-            .load(std::sync::atomic::Ordering::Relaxed);
-        app.registry.set_messages_per_second((now - last) as f64);
-        last = now;
-        let _: Result<(), Infallible> = Ok(());
     }
 }

@@ -5,46 +5,88 @@
 //! `type`, with `id: <connectionId>:<seq>` where it has a seq; heartbeats are SSE comments.
 //! `Last-Event-ID` resumes like a WebSocket resume: the reconnecting browser cannot add a
 //! resume token, so the credential's user owning that connection is what authorizes it.
+//!
+//! The connection's outbox writes into a small [`Pipe`] that the response body reads. When
+//! the client stops reading, the body stops being polled, the pipe fills, the outbox's
+//! backlog grows past `outbound_queue_bytes`, and the connection closes as a slow consumer
+//! (4010, Detached) exactly as a WebSocket does; when the client goes away, the body is
+//! dropped and the connection is Detached at once.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::stream;
-use serde::Deserialize;
-use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-use warp::http::StatusCode;
-use warp::reply::{Reply, Response};
+use bytes::Bytes;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use warp::http::{header, HeaderMap, HeaderValue, Response};
 
-use super::outbox::Next;
-use super::{authenticate, new_conn, welcome, Handshake};
-use crate::api::Req;
-use crate::app::App;
-use crate::error::{Disconnect, Fate};
+use crate::error::ApiError;
+use crate::hub::{Handle, Head, Out, Outbox, Transport};
 use crate::model::ConnType;
-use crate::registry::{Live, ResumeRequest};
+use crate::node::{Attached, Node, ResumeRequest};
+use crate::protocol::{CloseCode, Disconnect};
+use crate::sync::lock;
 
-fn refuse(status: StatusCode, d: &Disconnect) -> Response {
-    let body = json!({"error": {"code": if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "unavailable" }, "message": d.reason, "closeCode": d.code}});
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+/// Bytes the pipe holds for the response body; past it, the outbox queues.
+const PIPE_BYTES: usize = 64 * 1024;
+/// How long a closing stream may take to get its last frames out.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// The answer to `GET /sse`: an event stream, or a JSON refusal.
+pub enum Reply {
+    Stream(SseBody),
+    Refused(ApiError),
 }
 
-pub async fn handle(app: Arc<App>, req: &Req) -> Response {
-    if !app.is_ready() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, &Disconnect::server_full());
+impl Reply {
+    /// The response, with `body` made from the stream or the refusal's JSON.
+    pub fn into_response<B>(self, body: impl FnOnce(Result<SseBody, Bytes>) -> B) -> Response<B> {
+        match self {
+            Reply::Stream(s) => {
+                let mut r = Response::new(body(Ok(s)));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                r
+            }
+            Reply::Refused(e) => {
+                let mut r = Response::new(body(Err(Bytes::from(e.body().to_string()))));
+                *r.status_mut() = e.status;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+        }
     }
-    let mut hs =
-        Handshake::from_request(&app, &req.headers, Some(&req.query), req.peer.map(|p| p.0));
+}
+
+pub async fn handle(
+    node: Arc<Node>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Reply {
+    if !node.is_ready() {
+        return Reply::Refused(ApiError::refused(&Disconnect::new(
+            CloseCode::ServerFull,
+            "starting up; retry shortly",
+        )));
+    }
+    let mut hs = super::handshake(&node.config, headers, query, peer);
     let Some(cred) = hs.credential.take() else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            &Disconnect::unauthorized("missing credential"),
-        );
-    };
-    let identity = match authenticate(&app, &cred) {
-        Ok(i) => i,
-        Err(d) => return refuse(StatusCode::UNAUTHORIZED, &d),
+        return Reply::Refused(ApiError::refused(&Disconnect::unauthorized(
+            "missing credential",
+        )));
     };
     let resume = hs.resume.take().or_else(|| {
         let (conn, seq) = hs.last_event_id.as_deref()?.rsplit_once(':')?;
@@ -55,103 +97,218 @@ pub async fn handle(app: Arc<App>, req: &Req) -> Response {
         })
     });
     let trusted_resume = resume.as_ref().is_some_and(|r| r.token.is_empty());
-    let new = new_conn(&app, &hs, identity, ConnType::Sse, resume);
-    let (id, linked_session) = (new.id, new.session_id.clone());
-    let reg = match app.registry.register_with(new, trusted_resume) {
-        Ok(r) => r,
-        Err(d) if d.code == 4501 => return refuse(StatusCode::UNAUTHORIZED, &d),
-        Err(d) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &d),
-    };
-    let live = Live::new(id, app.config.outbound_queue_bytes);
-    if let Err(e) = app.store.commit().await {
-        tracing::error!(error = %e, "cannot make a connection durable");
-        return crate::error::ApiError::internal(e).status.into_response();
-    }
-    if !app
-        .registry
-        .activate(&id, &live, reg.replay_after, |rec| welcome(&app, &reg, rec))
+    let pipe = Arc::new(Pipe::default());
+    let handle = Handle::new(
+        Outbox::new(
+            Box::new(SseTransport { pipe: pipe.clone() }),
+            node.config.outbound_queue_bytes,
+            node.metrics.clone(),
+        ),
+        node.config.messages_per_minute,
+    );
+    let attached = match node
+        .connect(&hs, &cred, resume, trusted_resume, &handle)
+        .await
     {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, &Disconnect::evicted());
-    }
-    super::session_still_live(&app, &id, linked_session.as_deref());
-
-    let state = SseState {
-        app: app.clone(),
-        live,
-        guard: Some(app.tasks.enter()),
-        pending: Vec::new(),
-        done: false,
+        Ok(a) => a,
+        Err(d) => {
+            handle.outbox.shut();
+            return Reply::Refused(ApiError::refused(&d));
+        }
     };
-    let events = stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(ev) = st.pending.pop() {
-                return Some((Ok::<_, Infallible>(ev), st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.live.outbox.next().await {
-                Next::Send(frames) => {
-                    st.pending = frames
-                        .into_iter()
-                        .filter_map(|m| to_event(&st.live, m))
-                        .rev()
-                        .collect();
-                }
-                Next::Close(d) => {
-                    // `finish` counts the close code in the metrics (once).
-                    st.pending = vec![warp::sse::Event::default()
-                        .event("disconnect")
-                        .data(d.frame())];
-                    st.finish(d.fate, Some(d.code));
-                    st.done = true;
-                }
-            }
-        }
+    let guard = node.tasks.enter();
+    let body = SseBody { pipe: pipe.clone() };
+    tokio::spawn(async move {
+        run(&node, &handle, &attached, &pipe).await;
+        drop(guard);
     });
-    let keep_alive = warp::sse::keep_alive()
-        .interval(Duration::from_millis(app.config.heartbeat_interval_ms))
-        .text("heartbeat");
-    warp::sse::reply(keep_alive.stream(events)).into_response()
+    Reply::Stream(body)
 }
 
-#[derive(Deserialize)]
-struct TypeSeq<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    seq: Option<u64>,
-}
-
-fn to_event(live: &Live, m: Message) -> Option<warp::sse::Event> {
-    let Message::Text(text) = m else { return None };
-    let head: TypeSeq = serde_json::from_str(&text).ok()?;
-    let mut ev = warp::sse::Event::default().event(head.kind);
-    if let Some(seq) = head.seq {
-        ev = ev.id(format!("{}:{seq}", live.id()));
+/// The connection's life: the writer, the heartbeat, and the reader of the body going away.
+async fn run(node: &Node, handle: &Arc<Handle>, attached: &Attached, pipe: &Pipe) {
+    let every = Duration::from_millis(node.config.heartbeat_interval_ms);
+    let heartbeat = async {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            handle.outbox.ping();
+        }
+    };
+    let overflowed = async {
+        loop {
+            if handle.outbox.closed().await.code == CloseCode::SlowConsumer {
+                return;
+            }
+            std::future::pending::<()>().await;
+        }
+    };
+    let end: Option<Disconnect> = tokio::select! {
+        r = handle.outbox.write_out() => r.ok(),
+        () = pipe.gone() => None,
+        () = heartbeat => None,
+        () = overflowed => Some(Disconnect::slow_consumer()),
+    };
+    if end.is_some() {
+        // The `disconnect` frame goes out after what was queued, if the reader takes it.
+        let _ = tokio::time::timeout(CLOSE_WAIT, handle.outbox.write_out()).await;
     }
-    Some(ev.data(text.as_str()))
+    handle.outbox.shut();
+    let (fate, code) = match &end {
+        // The client went away (the response stream was dropped): like a socket lost
+        // without a close frame, the connection stays resumable.
+        None => (crate::protocol::Fate::Detach, None),
+        Some(d) => (d.fate(), Some(d.code.as_u16())),
+    };
+    node.finish(&attached.user, handle, fate, code, None).await;
 }
 
-struct SseState {
-    app: Arc<App>,
-    live: Arc<Live>,
-    guard: Option<crate::app::TaskGuard>,
-    pending: Vec<warp::sse::Event>,
-    done: bool,
+/// Bytes between the outbox and the response body.
+#[derive(Default)]
+pub struct Pipe {
+    state: Mutex<PipeState>,
+    gone: Notify,
 }
 
-impl SseState {
-    fn finish(&mut self, fate: Fate, code: Option<u16>) {
-        if self.guard.take().is_some() {
-            self.app.registry.finish(&self.live, fate, code);
+#[derive(Default)]
+struct PipeState {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// The outbox is done: the body ends once it has read what is left.
+    closed: bool,
+    /// The body was dropped: the client went away.
+    reader_gone: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl Pipe {
+    /// Waits until the body is dropped.
+    async fn gone(&self) {
+        loop {
+            let notified = self.gone.notified();
+            if lock(&self.state).reader_gone {
+                return;
+            }
+            notified.await;
         }
     }
 }
 
-impl Drop for SseState {
-    /// The client went away (the response stream was dropped): like a socket lost without a
-    /// close frame, the connection stays resumable.
+/// The response body of an SSE connection.
+pub struct SseBody {
+    pipe: Arc<Pipe>,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut st = lock(&self.pipe.state);
+        if let Some(chunk) = st.chunks.pop_front() {
+            st.bytes -= chunk.len();
+            if let Some(w) = st.writer.take() {
+                w.wake();
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        if st.closed {
+            return Poll::Ready(None);
+        }
+        st.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for SseBody {
     fn drop(&mut self) {
-        self.finish(Fate::Detach, None);
+        let mut st = lock(&self.pipe.state);
+        st.reader_gone = true;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+        drop(st);
+        self.pipe.gone.notify_waiters();
+    }
+}
+
+struct SseTransport {
+    pipe: Arc<Pipe>,
+}
+
+impl Transport for SseTransport {
+    fn kind(&self) -> ConnType {
+        ConnType::Sse
+    }
+
+    fn frame(&self, out: &Out<'_>, connection: &Uuid, head: &mut Head) -> &'static [u8] {
+        match *out {
+            Out::Text { kind, seq, .. } => {
+                let _ = writeln!(head, "event: {kind}");
+                if let Some(seq) = seq {
+                    let _ = writeln!(head, "id: {connection}:{seq}");
+                }
+                let _ = head.write_all(b"data: ");
+                // Frames are compact JSON: one line.
+                b"\n\n"
+            }
+            Out::Ping => {
+                let _ = head.write_all(b":heartbeat\n\n");
+                &[]
+            }
+            Out::Pong(_) | Out::Close { .. } | Out::Raw(_) => &[],
+        }
+    }
+
+    fn try_write(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut st = lock(&self.pipe.state);
+        if st.reader_gone || st.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let room = PIPE_BYTES.saturating_sub(st.bytes);
+        if room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut chunk = Vec::with_capacity(room.min(parts.iter().map(|p| p.len()).sum()));
+        for p in parts {
+            let n = p.len().min(room - chunk.len());
+            chunk.extend_from_slice(&p[..n]);
+            if chunk.len() == room {
+                break;
+            }
+        }
+        let n = chunk.len();
+        if n > 0 {
+            st.bytes += n;
+            st.chunks.push_back(Bytes::from(chunk));
+            if let Some(w) = st.reader.take() {
+                w.wake();
+            }
+        }
+        Ok(n)
+    }
+
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = lock(&self.pipe.state);
+        if st.reader_gone {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if st.bytes < PIPE_BYTES {
+            return Poll::Ready(Ok(()));
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn shut(&mut self) {
+        let mut st = lock(&self.pipe.state);
+        st.closed = true;
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
     }
 }

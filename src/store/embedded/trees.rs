@@ -1,5 +1,5 @@
-//! The sled store under the data directory: its trees, its schema version, and the lock that
-//! keeps a second server away from it.
+//! The sled database under the data directory: its trees, its schema version, and the lock
+//! that keeps a second server away from it.
 //!
 //! Trees (keys are big-endian so that sled's order is the useful order):
 //!
@@ -22,33 +22,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::codec;
-use crate::config::Config;
-use crate::durability::Flusher;
+use crate::store::StoreError;
 
 /// Version of the tree layout above. A store with another version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("data directory {dir} is in use by another tether{pid} (lock file {lock}); stop it first or choose another --data-dir")]
-    Locked {
-        dir: String,
-        lock: String,
-        pid: String,
-    },
-    #[error("cannot use data directory {dir}: {source}")]
-    Dir { dir: String, source: std::io::Error },
-    #[error("cannot open the store in {dir}: {detail}")]
-    Open { dir: String, detail: String },
-    #[error("the store in {dir} has schema version {found}; this tether reads version {SCHEMA_VERSION}. Use the tether release that wrote it, or restore a backup")]
-    Schema { dir: String, found: u32 },
-    #[error("the store in {dir} is damaged: {detail}. Nothing was changed; restore a backup (tether restore) or move the directory aside")]
-    Damaged { dir: String, detail: String },
-    #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error(transparent)]
-    Codec(#[from] codec::CodecError),
-}
 
 /// Holds the exclusive lock on `<data_dir>/tether.lock` for as long as it lives.
 pub struct DirLock {
@@ -194,7 +171,7 @@ impl Trees {
             )),
             (None, Some(_)) => self.write_manifest(data_dir),
             (None, None) => {
-                let id = crate::registry::new_token();
+                let id = crate::auth::new_token();
                 self.meta.insert("store_id", codec::encode(&id)?)?;
                 self.db.flush()?;
                 self.write_manifest(data_dir)
@@ -222,30 +199,6 @@ impl Trees {
     /// Sizes and counts, for `inspect` and `/v1/health`.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
-    }
-}
-
-/// The open store of a running server: the trees, the group-commit flusher, the lock.
-pub struct Store {
-    pub trees: Trees,
-    pub flusher: Flusher,
-    _lock: DirLock,
-}
-
-impl Store {
-    pub fn open(config: &Config, lock: DirLock) -> Result<Store, StoreError> {
-        let trees = Trees::open(&config.data_dir, config.cache_capacity_bytes)?;
-        let flusher = Flusher::start(trees.db.clone(), config.durability, config.flush_interval());
-        Ok(Store {
-            trees,
-            flusher,
-            _lock: lock,
-        })
-    }
-
-    /// Waits until earlier writes are durable (per the durability mode).
-    pub async fn commit(&self) -> Result<(), sled::Error> {
-        self.flusher.commit().await
     }
 }
 

@@ -3,12 +3,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::bus::{Bus, Channel};
+use crate::bus::{Bus, BusEvent, Channel};
 use crate::codec;
 use crate::model::{EventType, StoredEvent};
+use crate::store::{EventQuery, EventStore, StoreError};
 use crate::sync::lock;
 use crate::time::now_ms;
 
@@ -20,31 +22,35 @@ pub struct EventLog {
     oldest: AtomicU64,
     max: u64,
     bus: Arc<dyn Bus>,
-}
-
-/// Filters of `GET /v1/events`.
-#[derive(Debug, Default, Clone)]
-pub struct EventQuery {
-    pub connection_id: Option<Uuid>,
-    pub user_id: Option<String>,
-    pub event_type: Option<EventType>,
-    pub since: Option<i64>,
-    pub limit: usize,
+    /// Events go to the bus from one task, in log order: `log` is called under the
+    /// connection store's locks and must not wait.
+    outgoing: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
 impl EventLog {
+    /// Opens the log over `tree`; starts its publisher task on the current runtime.
     pub fn open(tree: sled::Tree, max: usize, bus: Arc<dyn Bus>) -> EventLog {
         let seq_of = |kv: Option<(sled::IVec, sled::IVec)>| {
             kv.and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
         };
         let last = seq_of(tree.last().ok().flatten()).unwrap_or(0);
         let first = seq_of(tree.first().ok().flatten()).unwrap_or(last + 1);
+        let (outgoing, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let publisher = bus.clone();
+        tokio::spawn(async move {
+            while let Some(v) = rx.recv().await {
+                if let Err(e) = publisher.publish(BusEvent::Connection(v)).await {
+                    tracing::warn!(error = %e, "a connection event was not published");
+                }
+            }
+        });
         EventLog {
             tree,
             next: std::sync::Mutex::new(last + 1),
             oldest: AtomicU64::new(first),
             max: max as u64,
             bus,
+            outgoing,
         }
     }
 
@@ -79,12 +85,11 @@ impl EventLog {
             let _ = self.tree.remove(old.to_be_bytes());
         }
         if self.bus.has_subscribers(Channel::ConnectionEvents) {
-            self.bus.publish(Channel::ConnectionEvents, ev.to_json());
+            let _ = self.outgoing.send(ev.to_json());
         }
     }
 
-    /// Events matching `q`, oldest first, the newest `q.limit` of them.
-    pub fn query(&self, q: &EventQuery) -> Vec<Value> {
+    fn query_sync(&self, q: &EventQuery) -> Vec<Value> {
         let mut out = Vec::new();
         for item in self.tree.iter().rev() {
             let Ok((_, v)) = item else { continue };
@@ -115,5 +120,24 @@ impl EventLog {
 
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
+    }
+}
+
+#[async_trait]
+impl EventStore for Arc<EventLog> {
+    fn log(&self, connection_id: Uuid, user_id: &str, event_type: EventType, details: Value) {
+        EventLog::log(self, connection_id, user_id, event_type, details)
+    }
+
+    async fn query(&self, q: &EventQuery) -> Result<Vec<Value>, StoreError> {
+        let me = self.clone();
+        let q = q.clone();
+        tokio::task::spawn_blocking(move || me.query_sync(&q))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
+    }
+
+    async fn count(&self) -> usize {
+        EventLog::len(self)
     }
 }

@@ -1,0 +1,177 @@
+//! What a node runs beside its sockets: start-up recovery, the reactor (bus events become
+//! frames and closes) and the sweeper (expiry, once a second).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::Node;
+use crate::bus::{BusEvent, Channel, NodeCommand, Received, Topic};
+use crate::model::Assignment;
+use crate::protocol::{Disconnect, FrameTemplate};
+use crate::store::{RecoveryReport, StoreError, Target};
+
+impl Node {
+    /// Start-up recovery: every stored connection becomes Detached.
+    pub async fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        self.stores.conns.recover().await
+    }
+
+    /// Starts the reactor and the sweeper. They stop when the node starts shutting down.
+    pub fn start_background(self: &Arc<Self>) {
+        let topics = [
+            Topic::Channel(Channel::SessionUpdates),
+            Topic::Channel(Channel::SessionDeleted),
+            Topic::Channel(Channel::SessionExpired),
+            Topic::Node(self.id.clone()),
+        ];
+        let events = self.bus.subscribe(&topics);
+        let node = self.clone();
+        tokio::spawn(async move { node.react(events).await });
+        let node = self.clone();
+        tokio::spawn(async move { node.sweep_loop().await });
+    }
+
+    /// The reactor: the one subscriber that turns session changes into `session.updated`
+    /// frames and 4503 closes, and commands addressed to this node into socket work.
+    async fn react(&self, mut events: crate::bus::Subscription) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            let received = tokio::select! {
+                r = events.next() => r,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            let event = match received {
+                Some(Received::Event(e)) => e,
+                Some(Received::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the reactor fell behind the bus");
+                    continue;
+                }
+                None => return,
+            };
+            match event {
+                BusEvent::SessionUpdated(e) => {
+                    let ts = e.timestamp.clone();
+                    let connection = e.connection_id.map(|c| c.to_string());
+                    let updates = e.updates.clone().unwrap_or_default();
+                    let template = FrameTemplate::session_updated(
+                        &e.session_id,
+                        &updates,
+                        e.source.as_str(),
+                        connection.as_deref(),
+                        &ts,
+                    );
+                    let target = Target::Session {
+                        id: &e.session_id,
+                        except: e.connection_id.as_ref(),
+                    };
+                    let sockets = |user: &str, to: &[Assignment], t: &FrameTemplate| {
+                        self.hub.deliver(user, to, t)
+                    };
+                    if let Err(err) = self
+                        .stores
+                        .conns
+                        .deliver(target, template, &sockets, false)
+                        .await
+                    {
+                        tracing::error!(error = %err, "a session update was not delivered");
+                    }
+                }
+                BusEvent::SessionDeleted(e) => {
+                    self.session_ended(&e.session_id, "session deleted").await
+                }
+                BusEvent::SessionExpired(e) => {
+                    self.session_ended(&e.session_id, "session expired").await
+                }
+                BusEvent::Command { command, .. } => self.run_command(command),
+                BusEvent::SessionCreated(_) | BusEvent::Connection(_) => {}
+            }
+        }
+    }
+
+    /// Closes every connection of a session that ended (4503).
+    async fn session_ended(&self, session: &str, why: &str) {
+        match self
+            .stores
+            .conns
+            .remove_session(session, &Disconnect::session_ended(why))
+            .await
+        {
+            Ok(removed) => {
+                for c in removed.into_iter().filter_map(|r| r.closing) {
+                    self.close(c);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a session's connections were not closed"),
+        }
+    }
+
+    /// A command another node (or this one) addressed to the sockets here.
+    fn run_command(&self, command: NodeCommand) {
+        match command {
+            NodeCommand::Close {
+                user,
+                id,
+                disconnect,
+            } => {
+                self.hub.close(&user, &id, disconnect);
+            }
+            NodeCommand::Deliver {
+                user,
+                assignments,
+                kind,
+                rest,
+            } => {
+                let to: Vec<Assignment> = assignments
+                    .into_iter()
+                    .map(|(id, seq)| Assignment { id, seq })
+                    .collect();
+                self.hub.deliver(&user, &to, &FrameTemplate { kind, rest });
+            }
+            NodeCommand::RateLimit {
+                user,
+                id,
+                messages_per_minute,
+            } => {
+                if let Some(h) = self.hub.get(&user, &id) {
+                    h.set_messages_per_minute(messages_per_minute);
+                }
+            }
+            NodeCommand::Rekey { user, old, new } => self.hub.rekey(&user, &old, new),
+        }
+    }
+
+    /// Once a second: TTL expiry and detached clean-up, session expiry, the message-rate
+    /// figure.
+    async fn sweep_loop(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut stopping = self.stopping.subscribe();
+        let delivered = || {
+            self.metrics
+                .messages_delivered
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut last = delivered();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            match self.stores.conns.sweep().await {
+                Ok(sweep) => {
+                    for c in sweep.expired {
+                        self.close(c);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the connection sweep failed"),
+            }
+            if let Err(e) = self.stores.sessions.sweep().await {
+                tracing::error!(error = %e, "the session sweep failed");
+            }
+            let now = delivered();
+            self.set_messages_per_second((now - last) as f64);
+            last = now;
+        }
+    }
+}
