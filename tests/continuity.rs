@@ -381,6 +381,24 @@ async fn a_store_with_an_unknown_schema_version_is_refused() {
     assert!(err.contains("schema version 99"), "{err}");
 }
 
+/// The stored record says what the API says: an Active connection is stored as active, not
+/// as the `authenticated` it was while it was being registered.
+#[tokio::test]
+async fn an_active_connection_is_stored_as_active() {
+    let mut server = Server::start(&[]).await;
+    let (_ws, welcome) = server.connect("ari").await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let (_, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+    assert_eq!(info["state"], "active");
+    server.stop().await;
+    let report = inspect(&server.dir).await;
+    assert_eq!(
+        report["connectionsByState"],
+        json!({"active": 1}),
+        "{report}"
+    );
+}
+
 async fn inspect(dir: &std::path::Path) -> Value {
     let out = common::cli_ok(&["inspect", "--json", "--data-dir", common::arg(dir)]);
     serde_json::from_slice(&out.stdout).unwrap()

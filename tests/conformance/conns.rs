@@ -1,0 +1,514 @@
+//! The connection store's conformance suite ([`tether::store::ConnStore`]).
+
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use tether::auth::AuthUser;
+use tether::model::{Assignment, ConnType, EventType, Metadata, RateLimit};
+use tether::protocol::{CloseCode, Disconnect, Fate, FrameTemplate};
+use tether::store::{
+    AdmitError, Admitted, ConnStore, MetadataPatch, MigrateError, NewConn, ResumeRequest, Target,
+};
+use tether::time::now_ms;
+
+use crate::{Opened, GRACE_SECONDS, MAX_PER_USER, MAX_TOTAL, NODE, REPLAY};
+
+fn user(id: &str) -> AuthUser {
+    AuthUser {
+        id: id.into(),
+        permissions: vec!["chat".into()],
+        roles: vec![],
+        name: None,
+        claims: Map::new(),
+    }
+}
+
+fn new_conn(user_id: &str, session: Option<&str>, resume: Option<ResumeRequest>) -> NewConn {
+    let now = now_ms();
+    NewConn {
+        id: Uuid::new_v4(),
+        user: user(user_id),
+        session_id: session.map(str::to_string),
+        meta: Metadata {
+            ip: "127.0.0.1".into(),
+            user_agent: "conformance".into(),
+            connected_at: now,
+            last_activity: now,
+            client_version: Some("1.0".into()),
+            connection_type: ConnType::WebSocket,
+            permissions: vec!["chat".into()],
+            rate_limit: RateLimit {
+                messages_per_minute: 120,
+                last_reset: now,
+                count: 0,
+            },
+        },
+        resume,
+        trusted_resume: false,
+    }
+}
+
+async fn admit(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
+    c.admit(new_conn(user_id, session, None), NODE)
+        .await
+        .expect("admitted")
+}
+
+/// Admits and activates a connection, as a connect does.
+async fn connect(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
+    let a = admit(c, user_id, session).await;
+    c.activate(&a.id, a.replay_after)
+        .await
+        .expect("store")
+        .expect("activated");
+    // Distinct connectedAt, so "oldest" is well defined.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    a
+}
+
+/// What a delivery handed to the sockets.
+#[derive(Default)]
+struct Sockets(Mutex<Vec<(String, Vec<Assignment>, String)>>);
+
+impl Sockets {
+    fn take(&self, user: &str, to: &[Assignment], t: &FrameTemplate) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .push((user.to_string(), to.to_vec(), t.render(0)));
+        to.len()
+    }
+    fn seen(&self) -> Vec<(String, Vec<Assignment>, String)> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+async fn send(
+    c: &dyn ConnStore,
+    target: Target<'_>,
+    n: u64,
+    sockets: &Sockets,
+) -> tether::store::Delivery {
+    let t = FrameTemplate::message(&json!({ "n": n }).to_string(), "t");
+    let f = |u: &str, to: &[Assignment], t: &FrameTemplate| sockets.take(u, to, t);
+    c.deliver(target, t, &f, true).await.expect("delivered")
+}
+
+fn seqs_of(replay: &[(u64, String)]) -> Vec<u64> {
+    replay.iter().map(|(s, _)| *s).collect()
+}
+
+fn data_n(frame: &str) -> u64 {
+    let v: Value = serde_json::from_str(frame).unwrap();
+    v["data"]["n"].as_u64().unwrap()
+}
+
+pub async fn admits_activates_and_answers_lookups(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = admit(c, "ann", None).await;
+    assert!(!a.resumed && a.previous.is_none() && a.resume_error.is_none());
+    assert!(!a.resume_token.is_empty());
+    let info = c.info(&a.id).await.expect("the record exists");
+    assert_eq!(info["state"], "authenticated");
+    assert!(!c.valid(&a.id).await, "not Active yet");
+    let act = c.activate(&a.id, 0).await.unwrap().expect("activated");
+    assert_eq!(act.record.id, a.id);
+    assert!(act.replay.is_empty());
+    let info = c.info(&a.id).await.unwrap();
+    assert_eq!(info["state"], "active");
+    assert_eq!(info["node"], NODE);
+    assert_eq!(info["userId"], "ann");
+    assert_eq!(info["metadata"]["clientVersion"], "1.0");
+    assert!(c.valid(&a.id).await);
+    assert_eq!(c.user(&a.id).await.unwrap().id, "ann");
+    let list = c.user_connections("ann").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["connectionId"], a.id.to_string());
+    assert!(c.info(&Uuid::new_v4()).await.is_none());
+    assert!(c.user_connections("nobody").await.is_empty());
+    let page = c.list(None, None, 10).await;
+    assert_eq!(page.len(), 1);
+}
+
+pub async fn evicts_the_oldest_past_max_per_user(o: &Opened) {
+    let c = &*o.stores.conns;
+    let mut ids = Vec::new();
+    for _ in 0..MAX_PER_USER {
+        let a = connect(c, "bea", None).await;
+        assert!(a.closing.is_empty(), "room left: nobody is evicted");
+        ids.push(a.id);
+    }
+    let newest = connect(c, "bea", None).await;
+    assert_eq!(newest.closing.len(), 1, "{:?}", newest.closing);
+    let evicted = &newest.closing[0];
+    assert_eq!(evicted.id, ids[0], "the oldest goes");
+    assert_eq!(evicted.disconnect.code, CloseCode::Evicted);
+    assert_eq!(evicted.node.as_deref(), Some(NODE));
+    let list: Vec<String> = c
+        .user_connections("bea")
+        .await
+        .iter()
+        .map(|i| i["connectionId"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = ids[1..]
+        .iter()
+        .chain([&newest.id])
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(list, want, "oldest first, the evicted one gone");
+    // A Detached connection goes before a live one, and needs no socket closed.
+    c.finish(&ids[2], Fate::Detach, None, None).await;
+    let again = connect(c, "bea", None).await;
+    assert_eq!(again.closing.len(), 0, "{:?}", again.closing);
+    assert!(
+        c.info(&ids[2]).await.is_none(),
+        "the Detached one was evicted"
+    );
+    assert!(c.info(&ids[1]).await.is_some());
+}
+
+pub async fn refuses_past_max_total_and_frees_the_slot_on_removal(o: &Opened) {
+    let c = &*o.stores.conns;
+    let mut ids = Vec::new();
+    for n in 0..MAX_TOTAL {
+        ids.push(connect(c, &format!("u{n}"), None).await.id);
+    }
+    match c.admit(new_conn("late", None, None), NODE).await {
+        Err(AdmitError::Refused(d)) => assert_eq!(d.code, CloseCode::ServerFull),
+        other => panic!("expected a 1013 refusal, got {other:?}"),
+    }
+    let removed = c
+        .remove(&ids[0], &Disconnect::operator("x"), EventType::Forced)
+        .await
+        .unwrap()
+        .expect("it existed");
+    assert_eq!(
+        removed.closing.unwrap().disconnect.code,
+        CloseCode::Operator
+    );
+    admit(c, "late", None).await;
+    // A Detached connection holds no slot.
+    c.finish(&ids[1], Fate::Detach, None, None).await;
+    admit(c, "later", None).await;
+}
+
+pub async fn resumes_with_the_token_and_refuses_another_users(o: &Opened) {
+    let c = &*o.stores.conns;
+    let old = connect(c, "cid", Some("s-cid")).await;
+    let sockets = Sockets::default();
+    send(c, Target::Connection(&old.id), 1, &sockets).await;
+    let connected_at = c.info(&old.id).await.unwrap()["connectedAt"].clone();
+    c.finish(&old.id, Fate::Detach, Some(4010), None).await;
+    assert_eq!(c.info(&old.id).await.unwrap()["state"], "detached");
+    assert_eq!(c.info(&old.id).await.unwrap()["node"], Value::Null);
+
+    // Another user's resume is refused and leaves the connection untouched.
+    let foreign = ResumeRequest {
+        connection_id: old.id.to_string(),
+        token: old.resume_token.clone(),
+        last_seq: Some(0),
+    };
+    match c.admit(new_conn("dan", None, Some(foreign)), NODE).await {
+        Err(AdmitError::Refused(d)) => assert_eq!(d.code, CloseCode::Unauthorized),
+        other => panic!("expected 4501, got {other:?}"),
+    }
+    assert_eq!(c.info(&old.id).await.unwrap()["state"], "detached");
+
+    // A wrong token connects fresh, with the reason.
+    let wrong = ResumeRequest {
+        connection_id: old.id.to_string(),
+        token: "nope".into(),
+        last_seq: Some(0),
+    };
+    let fresh = c
+        .admit(new_conn("cid", None, Some(wrong)), NODE)
+        .await
+        .unwrap();
+    assert!(!fresh.resumed);
+    assert!(fresh.resume_error.is_some());
+    c.remove(&fresh.id, &Disconnect::normal(), EventType::Disconnected)
+        .await
+        .unwrap();
+
+    // The right token takes the old identity over, under a new id.
+    let req = ResumeRequest {
+        connection_id: old.id.to_string(),
+        token: old.resume_token.clone(),
+        last_seq: Some(0),
+    };
+    let resumed = c
+        .admit(new_conn("cid", None, Some(req.clone())), NODE)
+        .await
+        .unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.previous, Some(old.id));
+    assert_ne!(resumed.resume_token, old.resume_token, "tokens rotate");
+    assert!(c.info(&old.id).await.is_none(), "the old id stops existing");
+    let act = c
+        .activate(&resumed.id, resumed.replay_after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![1], "what it missed");
+    let info = c.info(&resumed.id).await.unwrap();
+    assert_eq!(
+        info["connectedAt"], connected_at,
+        "connectedAt carries over"
+    );
+    assert_eq!(info["sessionId"], "s-cid", "the session link carries over");
+    assert_eq!(c.session_connections("s-cid").await, vec![resumed.id]);
+    // The old token no longer works.
+    let stale = ResumeRequest {
+        connection_id: resumed.id.to_string(),
+        token: old.resume_token,
+        last_seq: None,
+    };
+    let again = c
+        .admit(new_conn("cid", None, Some(stale)), NODE)
+        .await
+        .unwrap();
+    assert!(!again.resumed);
+}
+
+pub async fn delivers_each_connection_its_own_seq_and_keeps_it_for_replay(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "eve", Some("s-eve")).await;
+    let sockets = Sockets::default();
+    send(c, Target::Connection(&a.id), 1, &sockets).await;
+    let b = connect(c, "eve", Some("s-eve")).await;
+    let d = send(c, Target::User("eve"), 2, &sockets).await;
+    assert_eq!(d.stored, 2);
+    assert_eq!(d.delivered, 2, "both have sockets");
+    let seen = sockets.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].1, vec![Assignment { id: a.id, seq: 1 }]);
+    let mut second = seen[1].1.clone();
+    second.sort_by_key(|x| x.seq);
+    assert_eq!(
+        second,
+        vec![
+            Assignment { id: b.id, seq: 1 },
+            Assignment { id: a.id, seq: 2 }
+        ],
+        "each its own next seq"
+    );
+    // A session's delivery skips its origin.
+    let d = send(
+        c,
+        Target::Session {
+            id: "s-eve",
+            except: Some(&a.id),
+        },
+        3,
+        &sockets,
+    )
+    .await;
+    assert_eq!(d.stored, 1);
+    assert_eq!(sockets.seen()[0].1, vec![Assignment { id: b.id, seq: 2 }]);
+    // A Detached connection is given its seq and kept, but no socket is handed it.
+    c.finish(&b.id, Fate::Detach, None, None).await;
+    let d = send(c, Target::User("eve"), 4, &sockets).await;
+    assert_eq!((d.stored, d.delivered), (2, 1));
+    assert_eq!(sockets.seen()[0].1, vec![Assignment { id: a.id, seq: 3 }]);
+    // Resumed from lastSeq 1, b gets 2 and 3 (messages 3 and 4), in order.
+    let req = ResumeRequest {
+        connection_id: b.id.to_string(),
+        token: b.resume_token.clone(),
+        last_seq: Some(1),
+    };
+    let r = c
+        .admit(new_conn("eve", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![2, 3]);
+    let data: Vec<u64> = act.replay.iter().map(|(_, f)| data_n(f)).collect();
+    assert_eq!(data, vec![3, 4]);
+    assert_eq!(act.record.seq, 3);
+    // A delivery to nobody stores nothing.
+    let d = send(c, Target::User("nobody"), 5, &sockets).await;
+    assert_eq!((d.stored, d.delivered), (0, 0));
+    assert!(sockets.seen().is_empty());
+}
+
+pub async fn an_ack_trims_what_a_resume_replays(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "fay", None).await;
+    let sockets = Sockets::default();
+    for n in 1..=3 {
+        send(c, Target::Connection(&a.id), n, &sockets).await;
+    }
+    c.ack(&a.id, 2).await.unwrap();
+    c.finish(&a.id, Fate::Detach, None, None).await;
+    // No lastSeq: everything not acked.
+    let req = ResumeRequest {
+        connection_id: a.id.to_string(),
+        token: a.resume_token.clone(),
+        last_seq: None,
+    };
+    let r = c
+        .admit(new_conn("fay", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![3]);
+}
+
+pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "gus", None).await;
+    let sockets = Sockets::default();
+    let total = REPLAY as u64 + 2;
+    for n in 1..=total {
+        send(c, Target::Connection(&a.id), n, &sockets).await;
+    }
+    c.finish(&a.id, Fate::Detach, None, None).await;
+    let req = ResumeRequest {
+        connection_id: a.id.to_string(),
+        token: a.resume_token.clone(),
+        last_seq: Some(0),
+    };
+    let r = c
+        .admit(new_conn("gus", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    assert!(r.resumed, "resumed, with what is kept");
+    let why = r.resume_error.clone().expect("says messages were lost");
+    assert!(why.contains("lost"), "{why}");
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), (3..=total).collect::<Vec<_>>());
+}
+
+pub async fn removes_by_id_by_user_and_by_session(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "hal", Some("s-hal")).await;
+    let b = connect(c, "hal", Some("s-hal")).await;
+    let x = connect(c, "hal", None).await;
+    let other = connect(c, "ida", None).await;
+    c.finish(&x.id, Fate::Detach, None, None).await;
+    let gone = c
+        .remove_session("s-hal", &Disconnect::session_ended("session deleted"))
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = gone
+        .iter()
+        .map(|r| r.closing.as_ref().unwrap().id)
+        .collect();
+    ids.sort();
+    let mut want = vec![a.id, b.id];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(gone
+        .iter()
+        .all(|r| r.closing.as_ref().unwrap().disconnect.code == CloseCode::SessionEnded));
+    assert!(c.session_connections("s-hal").await.is_empty());
+    // The Detached one is removed too, with no socket to close.
+    let gone = c
+        .remove_user("hal", &Disconnect::operator("bye"), EventType::Forced)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].closing.is_none());
+    assert!(c.user_connections("hal").await.is_empty());
+    assert!(c.info(&other.id).await.is_some(), "other users untouched");
+    assert!(c
+        .remove(&Uuid::new_v4(), &Disconnect::normal(), EventType::Forced)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn migrates_to_a_new_id(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "jo", None).await;
+    let b = connect(c, "jo", None).await;
+    let new = Uuid::new_v4();
+    assert_eq!(
+        c.migrate(&a.id, b.id).await.unwrap().unwrap_err(),
+        MigrateError::Exists
+    );
+    assert_eq!(
+        c.migrate(&Uuid::new_v4(), new).await.unwrap().unwrap_err(),
+        MigrateError::Unknown
+    );
+    let (user, info) = c.migrate(&a.id, new).await.unwrap().unwrap();
+    assert_eq!(user, "jo");
+    assert_eq!(info["connectionId"], new.to_string());
+    assert!(c.info(&a.id).await.is_none());
+    assert_eq!(c.info(&new).await.unwrap()["state"], "active");
+}
+
+pub async fn detached_connections_go_after_the_grace_period(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "kim", None).await;
+    let live = connect(c, "kim", None).await;
+    c.finish(&a.id, Fate::Detach, None, None).await;
+    let sweep = c.sweep().await.unwrap();
+    assert_eq!(sweep.removed, 0, "within the grace period");
+    tokio::time::sleep(std::time::Duration::from_millis(GRACE_SECONDS * 1000 + 100)).await;
+    let sweep = c.sweep().await.unwrap();
+    assert_eq!(sweep.removed, 1);
+    assert!(sweep.expired.is_empty(), "the live one has not expired");
+    assert!(c.info(&a.id).await.is_none());
+    assert!(c.info(&live.id).await.is_some());
+}
+
+pub async fn updates_metadata_and_ttl(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "lou", None).await;
+    let patch = MetadataPatch {
+        client_version: Some(None),
+        messages_per_minute: Some(7),
+        ..Default::default()
+    };
+    let (user, info) = c.update_metadata(&a.id, patch).await.unwrap().unwrap();
+    assert_eq!(user, "lou");
+    assert_eq!(info["metadata"]["clientVersion"], Value::Null);
+    assert_eq!(info["metadata"]["rateLimit"]["messagesPerMinute"], 7);
+    let before = c.info(&a.id).await.unwrap()["expiresAt"].clone();
+    let info = c.extend_ttl(&a.id, 999_999).await.unwrap().unwrap();
+    assert!(info["expiresAt"].as_str() > before.as_str());
+    assert!(c
+        .update_metadata(&Uuid::new_v4(), MetadataPatch::default())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Before a restart: one connection Active, one Detached, each with a delivery.
+pub async fn before_restart(o: &Opened) -> Value {
+    let c = &*o.stores.conns;
+    let a = connect(c, "max", None).await;
+    let b = connect(c, "max", None).await;
+    let sockets = Sockets::default();
+    send(c, Target::User("max"), 1, &sockets).await;
+    c.finish(&b.id, Fate::Detach, None, None).await;
+    assert_eq!(c.info(&a.id).await.unwrap()["state"], "active");
+    json!({"a": a.id, "b": b.id, "token": a.resume_token})
+}
+
+/// After it: both Detached, resumable, with their seq and replay.
+pub async fn after_restart(o: &Opened, before: Value) {
+    let c = &*o.stores.conns;
+    let report = c.recover().await.unwrap();
+    assert_eq!(report.detached, 2);
+    let a: Uuid = serde_json::from_value(before["a"].clone()).unwrap();
+    for id in [&a, &serde_json::from_value(before["b"].clone()).unwrap()] {
+        assert_eq!(c.info(id).await.unwrap()["state"], "detached");
+    }
+    let req = ResumeRequest {
+        connection_id: a.to_string(),
+        token: before["token"].as_str().unwrap().into(),
+        last_seq: Some(0),
+    };
+    let r = c
+        .admit(new_conn("max", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    assert!(r.resumed);
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![1]);
+    assert_eq!(data_n(&act.replay[0].1), 1);
+}
