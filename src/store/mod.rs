@@ -127,6 +127,12 @@ pub enum AdmitError {
     Store(#[from] StoreError),
 }
 
+impl From<Disconnect> for AdmitError {
+    fn from(d: Disconnect) -> Self {
+        AdmitError::Refused(d)
+    }
+}
+
 /// A connection made Active: its record as it is now, and what its client is owed.
 #[derive(Debug, Clone)]
 pub struct Activation {

@@ -11,16 +11,18 @@ use super::{Entry, Inner, ResumeRefusal, Shard};
 use crate::auth::{ct_eq, new_token, sha256};
 use crate::model::{ConnRecord, ConnState, EventType, StoredUser};
 use crate::protocol::{Disconnect, Fate};
-use crate::store::{Activation, Activity, Admitted, Closing, NewConn, ResumeRequest};
+use crate::store::{Activation, Activity, AdmitError, Admitted, Closing, NewConn, ResumeRequest};
 use crate::sync::lock;
 use crate::time::{now_ms, Millis};
 
 impl Inner {
     // ----- admission -----------------------------------------------------------------
 
-    pub(super) fn admit_locked(&self, new: NewConn) -> Result<Admitted, Disconnect> {
+    /// Admission under the user's shard lock. Nothing is kept unless its record was
+    /// written: a write that fails puts everything back and gives the slot up.
+    pub(super) fn admit_locked(&self, new: NewConn) -> Result<Admitted, AdmitError> {
         if new.user.id.is_empty() || new.user.id.contains('\0') {
-            return Err(Disconnect::unauthorized("invalid subject"));
+            return Err(Disconnect::unauthorized("invalid subject").into());
         }
         let now = now_ms();
         let shard_idx = self.shard_of_user(&new.user.id);
@@ -37,9 +39,9 @@ impl Inner {
                     resumed_from = Some(entry);
                 }
                 Err(ResumeRefusal::ForeignUser) => {
-                    return Err(Disconnect::unauthorized(
-                        "resume of another user's connection",
-                    ));
+                    return Err(
+                        Disconnect::unauthorized("resume of another user's connection").into(),
+                    );
                 }
                 Err(ResumeRefusal::Cannot(why)) => resume_error = Some(why.to_string()),
             }
@@ -56,7 +58,7 @@ impl Inner {
                 })
                 .is_err()
         {
-            return Err(Disconnect::server_full());
+            return Err(Disconnect::server_full().into());
         }
 
         let token = new_token();
@@ -67,8 +69,8 @@ impl Inner {
             if let Some(c) = self.closing(&old.rec, Disconnect::replaced()) {
                 closing.push(c);
             }
+            let old_rec = old.rec.clone();
             let mut rec = old.rec;
-            self.unpersist(&rec);
             rec.id = new.id;
             rec.state = ConnState::Authenticated;
             rec.detached_at = None;
@@ -77,6 +79,20 @@ impl Inner {
                 .expires_at
                 .max(now + self.limits.ttl_seconds as i64 * 1000);
             rec.meta.last_activity = now;
+            if let Err(e) = self.write_new(&rec) {
+                // The old record stays as it was, resumable.
+                self.insert_locked(
+                    shard_idx,
+                    &mut shard,
+                    Entry {
+                        rec: old_rec,
+                        ring: old.ring,
+                    },
+                    false,
+                );
+                return Err(e.into());
+            }
+            self.unpersist(&old_rec);
             self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
             self.events.log(
                 new.id,
@@ -90,7 +106,6 @@ impl Inner {
                 EventType::Resumed,
                 json!({"previousConnectionId": old_id, "lastSeq": replay_after}),
             );
-            self.persist_new(&rec);
             // A resumed connection was Detached (not counted) or live (counted, and its
             // old entry's count was given back when it was taken out): count it again.
             self.insert_locked(
@@ -128,8 +143,11 @@ impl Inner {
             acked: 0,
             replay_key: new.id,
         };
+        if let Err(e) = self.write_new(&rec) {
+            self.attached.fetch_sub(1, Ordering::SeqCst);
+            return Err(e.into());
+        }
         self.enforce_user_limit(&mut shard, &rec.user.id, &mut closing);
-        self.persist_new(&rec);
         self.events.log(
             rec.id,
             &rec.user.id,

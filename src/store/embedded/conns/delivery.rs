@@ -10,7 +10,7 @@ use super::{Delivered, Inner, Shard};
 use crate::codec;
 use crate::model::{Assignment, StoredDelivery};
 use crate::protocol::FrameTemplate;
-use crate::store::{Delivery, Sockets, Target};
+use crate::store::{Delivery, Sockets, StoreError, Target};
 use crate::sync::lock;
 
 impl Inner {
@@ -35,7 +35,7 @@ impl Inner {
         ids: impl Iterator<Item = &'a Uuid>,
         template: FrameTemplate,
         sockets: Sockets<'_>,
-    ) -> Delivery {
+    ) -> Result<Delivery, StoreError> {
         let max = self.limits.replay_buffer_messages as usize;
         // Made at the first connection found: a delivery to nobody stores nothing and
         // leaves no id for the sweeper to clear.
@@ -60,7 +60,7 @@ impl Inner {
             last = seq;
         }
         let Some(d) = delivered else {
-            return Delivery::default();
+            return Ok(Delivery::default());
         };
         let n = if live.is_empty() {
             0
@@ -76,19 +76,15 @@ impl Inner {
             rest: d.template.rest.clone(),
             targets,
         };
-        match codec::encode(&record) {
-            Ok(bytes) => {
-                if let Err(e) = self.trees.deliveries.insert(d.id.to_be_bytes(), bytes) {
-                    tracing::error!(error = %e, "cannot store a delivery");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a delivery"),
-        }
-        Delivery {
+        // The frames may be on the wire already; what was not stored is never acknowledged.
+        self.trees
+            .deliveries
+            .insert(d.id.to_be_bytes(), codec::encode(&record)?)?;
+        Ok(Delivery {
             delivered: n,
             stored,
             seq: last,
-        }
+        })
     }
 
     pub(super) fn deliver(
@@ -96,14 +92,14 @@ impl Inner {
         target: Target<'_>,
         template: FrameTemplate,
         sockets: Sockets<'_>,
-    ) -> Delivery {
+    ) -> Result<Delivery, StoreError> {
         match target {
             Target::Connection(id) => self
                 .with_shard(id, |shard| {
                     let user = shard.conns[id].rec.user.id.clone();
                     self.deliver_locked(shard, &user, std::iter::once(id), template, sockets)
                 })
-                .unwrap_or_default(),
+                .unwrap_or(Ok(Delivery::default())),
             Target::User(user) => {
                 let mut shard = lock(&self.shards[self.shard_of_user(user)]);
                 let ids = shard.users.get(user).cloned().unwrap_or_default();
@@ -113,14 +109,14 @@ impl Inner {
                 // A session's connections are all its user's, so they live in one shard.
                 let ids: Vec<Uuid> = lock(&self.sessions).get(id).cloned().unwrap_or_default();
                 let Some(first) = ids.first() else {
-                    return Delivery::default();
+                    return Ok(Delivery::default());
                 };
                 let Some(idx) = self.locate(first) else {
-                    return Delivery::default();
+                    return Ok(Delivery::default());
                 };
                 let mut shard = lock(&self.shards[idx]);
                 let Some(user) = shard.conns.get(first).map(|e| e.rec.user.id.clone()) else {
-                    return Delivery::default();
+                    return Ok(Delivery::default());
                 };
                 let ids = ids.iter().filter(|c| Some(*c) != except);
                 self.deliver_locked(&mut shard, &user, ids, template, sockets)

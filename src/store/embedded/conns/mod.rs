@@ -239,34 +239,44 @@ impl Inner {
 
     // ----- write-through -------------------------------------------------------------
 
-    fn persist(&self, rec: &ConnRecord, old_expiry: Option<Millis>) {
-        let result = (|| -> Result<(), StoreError> {
-            self.trees
-                .conns
-                .insert(keys::conn(&rec.id), codec::encode(rec)?)?;
-            if let Some(old) = old_expiry.filter(|o| *o != rec.expires_at) {
-                self.trees
-                    .conns_by_expiry
-                    .remove(keys::by_expiry(old, &rec.id))?;
-            }
+    /// Writes a record (and its expiry key). A write an answer depends on propagates its
+    /// error; see [`Inner::persist`] for the lazy ones.
+    fn write(&self, rec: &ConnRecord, old_expiry: Option<Millis>) -> Result<(), StoreError> {
+        self.trees
+            .conns
+            .insert(keys::conn(&rec.id), codec::encode(rec)?)?;
+        if let Some(old) = old_expiry.filter(|o| *o != rec.expires_at) {
             self.trees
                 .conns_by_expiry
-                .insert(keys::by_expiry(rec.expires_at, &rec.id), &[])?;
-            Ok(())
-        })();
-        if let Err(e) = result {
+                .remove(keys::by_expiry(old, &rec.id))?;
+        }
+        self.trees
+            .conns_by_expiry
+            .insert(keys::by_expiry(rec.expires_at, &rec.id), &[])?;
+        Ok(())
+    }
+
+    /// Writes a new record and its user index.
+    fn write_new(&self, rec: &ConnRecord) -> Result<(), StoreError> {
+        self.write(rec, None)?;
+        self.trees
+            .conns_by_user
+            .insert(keys::by_user(&rec.user.id, rec.connected_at, &rec.id), &[])?;
+        Ok(())
+    }
+
+    /// Writes back what nothing was acknowledged on (activity, the Active state, a detach):
+    /// a failure is logged; the record as last written stays the truth.
+    fn persist(&self, rec: &ConnRecord, old_expiry: Option<Millis>) {
+        if let Err(e) = self.write(rec, old_expiry) {
             tracing::error!(error = %e, connection = %rec.id, "cannot store a connection");
         }
     }
 
+    /// [`Inner::write_new`], logged (start-up recovery rebuilds what it can).
     fn persist_new(&self, rec: &ConnRecord) {
-        self.persist(rec, None);
-        if let Err(e) = self
-            .trees
-            .conns_by_user
-            .insert(keys::by_user(&rec.user.id, rec.connected_at, &rec.id), &[])
-        {
-            tracing::error!(error = %e, "cannot store the user index");
+        if let Err(e) = self.write_new(rec) {
+            tracing::error!(error = %e, connection = %rec.id, "cannot store a connection");
         }
     }
 

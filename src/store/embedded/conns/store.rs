@@ -29,7 +29,7 @@ impl ConnStore for Conns {
     }
 
     async fn admit(&self, new: NewConn, _node: &str) -> Result<Admitted, AdmitError> {
-        let admitted = self.inner.admit_locked(new).map_err(AdmitError::Refused)?;
+        let admitted = self.inner.admit_locked(new)?;
         if let Err(e) = self.commit().await {
             // Never half admitted: the record goes, and with it its `max_total` slot.
             tracing::error!(error = %e, "cannot make a connection durable");
@@ -151,7 +151,8 @@ impl ConnStore for Conns {
     ) -> Result<Option<(String, Value)>, StoreError> {
         let inner = &self.inner;
         let done = inner.with_entry(id, |e| {
-            let m = &mut e.rec.meta;
+            let mut rec = e.rec.clone();
+            let m = &mut rec.meta;
             if let Some(v) = patch.ip {
                 m.ip = v;
             }
@@ -167,9 +168,11 @@ impl ConnStore for Conns {
             if let Some(v) = patch.messages_per_minute {
                 m.rate_limit.messages_per_minute = v;
             }
-            inner.persist(&e.rec, Some(e.rec.expires_at));
-            (e.rec.user.id.clone(), inner.info(&e.rec))
+            inner.write(&rec, Some(rec.expires_at))?;
+            e.rec = rec;
+            Ok::<_, StoreError>((e.rec.user.id.clone(), inner.info(&e.rec)))
         });
+        let done = done.transpose()?;
         if done.is_some() {
             self.commit().await?;
         }
@@ -179,12 +182,14 @@ impl ConnStore for Conns {
     async fn extend_ttl(&self, id: &Uuid, ttl_seconds: u64) -> Result<Option<Value>, StoreError> {
         let inner = &self.inner;
         let done = inner.with_entry(id, |e| {
-            let old = e.rec.expires_at;
-            e.rec.expires_at = now_ms().saturating_add((ttl_seconds as i64).saturating_mul(1000));
-            e.rec.meta.last_activity = now_ms();
-            inner.persist(&e.rec, Some(old));
-            inner.info(&e.rec)
+            let mut rec = e.rec.clone();
+            rec.expires_at = now_ms().saturating_add((ttl_seconds as i64).saturating_mul(1000));
+            rec.meta.last_activity = now_ms();
+            inner.write(&rec, Some(e.rec.expires_at))?;
+            e.rec = rec;
+            Ok::<_, StoreError>(inner.info(&e.rec))
         });
+        let done = done.transpose()?;
         if done.is_some() {
             self.commit().await?;
         }
@@ -203,12 +208,14 @@ impl ConnStore for Conns {
         let done = inner
             .with_shard(old_id, |shard| {
                 if shard.conns.contains_key(&new_id) {
-                    return Err(MigrateError::Exists);
+                    return Ok(Err(MigrateError::Exists));
                 }
+                let mut moved = shard.conns[old_id].rec.clone();
+                moved.id = new_id;
+                inner.write_new(&moved)?;
                 let mut entry = inner.remove_locked(shard, old_id).expect("checked");
                 inner.unpersist(&entry.rec);
-                entry.rec.id = new_id;
-                inner.persist_new(&entry.rec);
+                entry.rec = moved;
                 inner.events.log(
                     new_id,
                     &entry.rec.user.id,
@@ -218,9 +225,9 @@ impl ConnStore for Conns {
                 let out = (entry.rec.user.id.clone(), inner.info(&entry.rec));
                 let idx = inner.shard_of_user(&entry.rec.user.id);
                 inner.insert_locked(idx, shard, entry, false);
-                Ok(out)
+                Ok::<_, StoreError>(Ok(out))
             })
-            .unwrap_or(Err(MigrateError::Unknown));
+            .unwrap_or(Ok(Err(MigrateError::Unknown)))?;
         if done.is_ok() {
             self.commit().await?;
         }
@@ -234,7 +241,7 @@ impl ConnStore for Conns {
         sockets: Sockets<'_>,
         durable: bool,
     ) -> Result<Delivery, StoreError> {
-        let d = self.inner.deliver(target, template, sockets);
+        let d = self.inner.deliver(target, template, sockets)?;
         if durable && d.stored > 0 {
             self.commit().await?;
         }
