@@ -175,6 +175,10 @@ fn bus_event(r: Received) -> warp::sse::Event {
         Received::Lagged(n) => warp::sse::Event::default()
             .event("lagged")
             .data(json!({ "missed": n }).to_string()),
+        // The bus itself was out of reach: how much was missed is not known.
+        Received::Resubscribed => warp::sse::Event::default()
+            .event("lagged")
+            .data(json!({ "missed": null }).to_string()),
     }
 }
 

@@ -108,6 +108,8 @@ pub enum NodeCommand {
     },
     /// A connection was migrated to a new id.
     Rekey { user: String, old: Uuid, new: Uuid },
+    /// A node's own probe of its subscription: it publishes one and expects to see it.
+    Probe { n: u64 },
 }
 
 impl NodeCommand {
@@ -173,6 +175,9 @@ pub enum Received {
     Event(BusEvent),
     /// This many events were lost because the subscriber fell behind.
     Lagged(u64),
+    /// The subscription was down and is back: events published meanwhile were not seen
+    /// (a subscriber catches up from the store).
+    Resubscribed,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -173,6 +173,14 @@ impl Hub {
         n
     }
 
+    /// Every socket here.
+    pub fn all(&self) -> Vec<Arc<Handle>> {
+        self.shards
+            .iter()
+            .flat_map(|s| lock(s).values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Sockets on this node.
     pub fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)

@@ -271,6 +271,45 @@ impl Outbox {
         self.after_send(&mut inner, was_idle, fits)
     }
 
+    /// Sends a kept frame (rendered already) through the gate: dropped if the client has
+    /// it, in order otherwise.
+    pub fn push_rendered(&self, seq: u64, text: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.close.is_some() {
+            return false;
+        }
+        let was_idle = inner.pending.is_empty();
+        let fits = match &mut inner.gate {
+            Gate::Open(last) if seq <= *last => return true,
+            Gate::Open(last) => {
+                *last = seq;
+                inner.send(
+                    &Out::Text {
+                        kind: kind_of_frame(text).unwrap_or("message"),
+                        seq: Some(seq),
+                        text,
+                    },
+                    self.limit,
+                    &self.metrics,
+                )
+            }
+            Gate::Parked(frames, bytes) => {
+                *bytes += text.len();
+                frames.push((seq, text.to_string()));
+                *bytes <= self.limit
+            }
+        };
+        self.after_send(&mut inner, was_idle, fits)
+    }
+
+    /// The highest seq sent, once the connection is open.
+    pub fn last_seq(&self) -> Option<u64> {
+        match self.lock().gate {
+            Gate::Open(last) => Some(last),
+            Gate::Parked(..) => None,
+        }
+    }
+
     /// Opens the gate: sends `welcome`, then `replay` (the kept frames the client is
     /// owed, in seq order), then whatever was parked meanwhile that is newer than
     /// `last_seq` (the connection's seq when the replay was read). Returns false if the

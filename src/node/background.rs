@@ -45,7 +45,13 @@ impl Node {
             let event = match received {
                 Some(Received::Event(e)) => e,
                 Some(Received::Lagged(n)) => {
-                    tracing::warn!(missed = n, "the reactor fell behind the bus");
+                    tracing::warn!(missed = n, "the reactor fell behind the bus; catching up");
+                    self.catch_up().await;
+                    continue;
+                }
+                Some(Received::Resubscribed) => {
+                    tracing::info!("the bus subscription is back; catching sockets up");
+                    self.catch_up().await;
                     continue;
                 }
                 None => return,
@@ -139,6 +145,25 @@ impl Node {
                 }
             }
             NodeCommand::Rekey { user, old, new } => self.hub.rekey(&user, &old, new),
+            NodeCommand::Probe { n } => self.probed(n),
+        }
+    }
+
+    /// Brings every socket here up to date from its replay buffer: what was delivered while
+    /// this node could not hear the bus. The hub's seq gate drops what a socket already has.
+    async fn catch_up(&self) {
+        for handle in self.hub.all() {
+            let Some(last) = handle.outbox.last_seq() else {
+                continue;
+            };
+            match self.stores.conns.replay(&handle.id(), last).await {
+                Ok(frames) => {
+                    for (seq, text) in frames {
+                        handle.outbox.push_rendered(seq, &text);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a socket was not caught up"),
+            }
         }
     }
 

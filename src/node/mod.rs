@@ -48,6 +48,8 @@ pub struct Node {
     /// Turns true when the node starts shutting down; long-lived streams watch it.
     pub stopping: watch::Sender<bool>,
     messages_per_second: AtomicU64,
+    /// The newest of this node's bus probes it has seen come back.
+    probe_seen: AtomicU64,
 }
 
 impl Node {
@@ -71,6 +73,7 @@ impl Node {
             ready: AtomicBool::new(false),
             stopping: watch::channel(false).0,
             messages_per_second: AtomicU64::new(0),
+            probe_seen: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +89,11 @@ impl Node {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// A probe of this node's own bus subscription came back.
+    fn probed(&self, n: u64) {
+        self.probe_seen.fetch_max(n, Ordering::SeqCst);
     }
 
     /// Tells the socket of a connection to close, wherever it is. Returns whether a close

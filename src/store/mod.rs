@@ -303,6 +303,10 @@ pub trait ConnStore: Send + Sync {
     /// The client has everything up to `seq`: its replay buffer may drop it.
     async fn ack(&self, id: &Uuid, seq: u64) -> Result<(), StoreError>;
 
+    /// The kept frames of `id` with a seq above `after`, in order (a node catching its
+    /// sockets up after its subscription was down).
+    async fn replay(&self, id: &Uuid, after: u64) -> Result<Vec<(u64, String)>, StoreError>;
+
     /// Activity and rate-limit state, kept lazily (never per frame).
     async fn touch(&self, id: &Uuid, activity: Activity);
 
@@ -380,6 +384,12 @@ pub trait SessionStore: Send + Sync {
     /// Removes sessions past their expiry; publishes `session:expired` for each.
     async fn sweep(&self) -> Result<usize, StoreError>;
     async fn count(&self) -> usize;
+
+    /// Whether this store's writes reach the session's connections themselves (deliver
+    /// `session.updated`, close with 4503). When false, the node does it on the bus event.
+    fn reaches_connections(&self) -> bool {
+        false
+    }
 }
 
 /// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything
@@ -425,6 +435,35 @@ pub trait EventStore: Send + Sync {
     async fn count(&self) -> usize;
 }
 
+/// A node as the cluster knows it (`GET /v1/nodes`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub listen: String,
+    pub started_at: String,
+    pub last_seen: String,
+    pub connections: u64,
+}
+
+/// Cluster membership: each node holds a lease it renews; a node whose lease ran out is
+/// dead, and its connections become Detached, once. The embedded store has one node.
+#[async_trait]
+pub trait NodeStore: Send + Sync {
+    /// Renews this node's lease for `lease_ms`, with its figures.
+    async fn heartbeat(&self, node: &NodeInfo, lease_ms: u64) -> Result<(), StoreError>;
+    /// The live nodes.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// Nodes whose lease has run out and whose connections are still held.
+    async fn expired(&self) -> Result<Vec<String>, StoreError>;
+    /// Claims the clean-up of a dead node for `claimer` (one claim wins, and it expires if
+    /// its holder dies too) and detaches every connection the dead node held, each logged
+    /// once. Returns how many, or None if another node holds the claim.
+    async fn detach_node(&self, node: &str, claimer: &str) -> Result<Option<usize>, StoreError>;
+    /// A node stopping gracefully: its connections are Detached at once, its lease gone.
+    async fn leave(&self, node: &str) -> Result<usize, StoreError>;
+}
+
 /// The store as a whole: what the node needs besides the three kinds of state.
 #[async_trait]
 pub trait StoreAdmin: Send + Sync {
@@ -434,13 +473,22 @@ pub trait StoreAdmin: Send + Sync {
     async fn shutdown(&self) -> Result<(), StoreError>;
     /// Figures for `/metrics`: (name, help, value).
     fn figures(&self) -> Vec<(&'static str, &'static str, f64)>;
+    /// Whether the store takes writes now; the reason when it does not (`/ready`).
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether this store is shared by several nodes (cluster mode).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
-/// The four faces of one store.
+/// The faces of one store.
 #[derive(Clone)]
 pub struct Stores {
     pub conns: std::sync::Arc<dyn ConnStore>,
     pub sessions: std::sync::Arc<dyn SessionStore>,
     pub events: std::sync::Arc<dyn EventStore>,
+    pub nodes: std::sync::Arc<dyn NodeStore>,
     pub admin: std::sync::Arc<dyn StoreAdmin>,
 }

@@ -23,7 +23,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::durability::Flusher;
 use crate::metrics::Metrics;
-use crate::store::{Limits, StoreAdmin, StoreError, Stores};
+use crate::store::{Limits, NodeInfo, NodeStore, StoreAdmin, StoreError, Stores};
 
 /// The open store of a running server: the trees, the group-commit flusher, the lock.
 #[derive(Clone)]
@@ -85,6 +85,7 @@ impl EmbeddedStore {
             conns: Arc::new(self.conns.clone()),
             sessions: Arc::new(self.sessions.clone()),
             events: Arc::new(self.events.clone()),
+            nodes: Arc::new(OneNode),
             admin: Arc::new(self.clone()),
         }
     }
@@ -143,5 +144,28 @@ impl StoreAdmin for EmbeddedStore {
                 self.trees.size_on_disk() as f64,
             ),
         ]
+    }
+}
+
+/// The embedded store's cluster: one node, alive while it runs.
+struct OneNode;
+
+#[async_trait]
+impl NodeStore for OneNode {
+    async fn heartbeat(&self, _: &NodeInfo, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn expired(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn detach_node(&self, _: &str, _: &str) -> Result<Option<usize>, StoreError> {
+        Ok(Some(0))
+    }
+    async fn leave(&self, _: &str) -> Result<usize, StoreError> {
+        // Records stay as they are; the next start detaches them.
+        Ok(0)
     }
 }

@@ -266,6 +266,19 @@ impl ConnStore for Conns {
         Ok(())
     }
 
+    async fn replay(&self, id: &Uuid, after: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(self
+            .inner
+            .with_entry(id, |e| {
+                e.ring
+                    .iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .map(|(seq, d)| (*seq, d.template.render(*seq)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn touch(&self, id: &Uuid, activity: Activity) {
         self.inner
             .with_entry(id, |e| apply_activity(&mut e.rec, activity));
