@@ -2,7 +2,7 @@
 // client driven through a scripted WebSocket (frames the real server never sends, such as a
 // duplicate seq, can only be tested this way).
 
-import { test, describe } from "node:test";
+import { test, describe, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { backoff, shouldReconnect, TetherClient, TetherError } from "../tether.js";
 import { sleep, waitFor } from "./harness.js";
@@ -92,6 +92,12 @@ function welcome(over = {}) {
   };
 }
 
+// A failed assertion must not leave a client's timers keeping the test process alive.
+const made = [];
+afterEach(async () => {
+  for (const c of made.splice(0)) await c.close();
+});
+
 /** A client on fake sockets, with fast retries; returns it, its events, and the sockets. */
 function fakeClient(opts = {}) {
   FakeSocket.all = [];
@@ -101,6 +107,7 @@ function fakeClient(opts = {}) {
     backoffCapMs: 10,
     ...opts,
   });
+  made.push(client);
   const ev = { messages: [], states: [], closed: [] };
   client.on("message", (data, frame) => ev.messages.push(frame.seq));
   client.on("state", (s, d) => ev.states.push([s, d]));
