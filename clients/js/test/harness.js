@@ -25,10 +25,18 @@ export function tetherBin() {
   return bin;
 }
 
-const running = new Set();
+/** Servers not cleaned up yet: the last resort on exit kills them and removes their dirs. */
+const servers = new Set();
 process.on("exit", () => {
-  for (const s of running) s.killNow();
+  for (const s of servers) {
+    s.killNow();
+    rmSync(s.tmp, { recursive: true, force: true });
+  }
 });
+// A test process stopped from outside (a timeout, Ctrl-C) takes its servers with it.
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(sig, () => process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 })[sig]));
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -87,6 +95,7 @@ export class Server {
     this.child = null;
     this.log = "";
     this.port = 0;
+    servers.add(this);
   }
 
   get base() { return `http://127.0.0.1:${this.port}`; }
@@ -101,11 +110,7 @@ export class Server {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.child = child;
-    running.add(this);
-    this.exited = new Promise((r) => child.once("exit", (code, signal) => {
-      running.delete(this);
-      r({ code, signal });
-    }));
+    this.exited = new Promise((r) => child.once("exit", (code, signal) => r({ code, signal })));
     const listening = new Promise((res, rej) => {
       let buf = "";
       const onData = (d) => {
@@ -199,6 +204,7 @@ export class Server {
       this.child = null;
     }
     rmSync(this.tmp, { recursive: true, force: true });
+    servers.delete(this);
   }
 }
 
