@@ -16,9 +16,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, "../../..");
 export const clientDir = resolve(here, "..");
 
-/** The server binary: $TETHER_BIN, else the workspace's debug build. */
+/** The server binary: $TETHER_BIN, else the debug build (in $CARGO_TARGET_DIR if set). */
 export function tetherBin() {
-  const bin = process.env.TETHER_BIN ?? join(repoRoot, "target/debug/tether");
+  const target = process.env.CARGO_TARGET_DIR ? resolve(repoRoot, process.env.CARGO_TARGET_DIR) : join(repoRoot, "target");
+  const bin = process.env.TETHER_BIN ?? join(target, "debug/tether");
   if (!existsSync(bin)) {
     throw new Error(`no tether binary at ${bin}: run \`cargo build\` first, or set TETHER_BIN`);
   }
