@@ -59,8 +59,12 @@ pub async fn embedded() -> Opened {
 }
 
 fn open_embedded(dir: &std::path::Path) -> (Stores, Arc<dyn Bus>) {
+    try_open_embedded(dir).expect("open the store")
+}
+
+fn try_open_embedded(dir: &std::path::Path) -> Result<(Stores, Arc<dyn Bus>), String> {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(1024));
-    let lock = lock_data_dir(dir).expect("lock the data directory");
+    let lock = lock_data_dir(dir).map_err(|e| e.to_string())?;
     let store = EmbeddedStore::open(
         &config(dir),
         lock,
@@ -68,8 +72,8 @@ fn open_embedded(dir: &std::path::Path) -> (Stores, Arc<dyn Bus>) {
         Arc::new(Metrics::default()),
         NODE.into(),
     )
-    .expect("open the store");
-    (store.stores(), bus)
+    .map_err(|e| e.to_string())?;
+    Ok((store.stores(), bus))
 }
 
 /// Runs `case` on the embedded store, then reopens it over the same data directory (the
@@ -92,15 +96,11 @@ where
         first.stores.admin.shutdown().await.expect("shutdown");
         v
     };
-    // The lock is released when the last reference to the first store goes; its tasks hold
-    // none of it.
+    // The first store lets go of its directory once its background tasks have seen it go.
     let mut tries = 0;
     let second = loop {
-        match lock_data_dir(&dir) {
-            Ok(lock) => {
-                drop(lock);
-                break open_embedded(&dir);
-            }
+        match try_open_embedded(&dir) {
+            Ok(opened) => break opened,
             Err(_) if tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
