@@ -91,8 +91,8 @@ impl ConfigSource {
     /// The server's configuration as `serve` would see it, with `--data-dir` on top.
     fn load(&self) -> Result<Config, String> {
         let mut args = ConfigArgs::from_env().map_err(|e| e.to_string())?;
-        if self.data_dir.is_some() {
-            args.data_dir = self.data_dir.clone();
+        if let Some(dir) = &self.data_dir {
+            args.set("data_dir", dir);
         }
         Config::load(self.config.as_deref(), &args).map_err(|e| e.to_string())
     }
