@@ -83,6 +83,11 @@ pub enum ConfigError {
     },
     #[error("missing value for {key} ({reason})")]
     Missing { key: &'static str, reason: String },
+    /// More than one of the above, in the order found: the file, then the environment
+    /// and flags, then the rules. Never nested, never fewer than two.
+    #[error("{} configuration errors:{}", .0.len(),
+            .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
+    Several(Vec<ConfigError>),
 }
 
 impl ConfigError {
@@ -91,7 +96,15 @@ impl ConfigError {
         match self {
             ConfigError::UnknownKey { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::Missing { key, .. } => Some(key),
-            ConfigError::Read { .. } | ConfigError::Parse { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Several(_) => None,
+        }
+    }
+
+    /// Each error on its own: the list of [`ConfigError::Several`], or this one.
+    pub fn errors(&self) -> &[ConfigError] {
+        match self {
+            ConfigError::Several(all) => all,
+            one => std::slice::from_ref(one),
         }
     }
 }
@@ -122,10 +135,12 @@ impl Report {
         keys.iter().any(|k| self.failed(k))
     }
 
-    fn finish<T>(self, value: T) -> Result<T, ConfigError> {
-        match self.errors.into_iter().next() {
-            None => Ok(value),
-            Some(first) => Err(first),
+    /// `value` if nothing was reported; else the one error, or all of them.
+    fn finish<T>(mut self, value: T) -> Result<T, ConfigError> {
+        match self.errors.len() {
+            0 => Ok(value),
+            1 => Err(self.errors.remove(0)),
+            _ => Err(ConfigError::Several(self.errors)),
         }
     }
 }

@@ -361,3 +361,59 @@ fn api_key_rules() {
         "{e}"
     );
 }
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let f = toml_file("max_per_user = 0\ndurability = \"fast\"\nmax_per_users = 1\n");
+    let args = ConfigArgs::default()
+        .with("ttl_seconds", "0")
+        .with("listen", "nowhere");
+    let e = Config::load(Some(f.path()), &args).unwrap_err();
+    let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
+    // The file's keys (in its table's order), then the environment and flags.
+    assert_eq!(
+        keys,
+        [
+            "durability",
+            "max_per_user",
+            "max_per_users",
+            "listen",
+            "ttl_seconds"
+        ]
+    );
+    let text = e.to_string();
+    assert!(text.starts_with("5 configuration errors:\n  "), "{text}");
+    for value in ["\"fast\"", "\"0\"", "\"nowhere\""] {
+        assert!(text.contains(value), "{text}");
+    }
+    assert_eq!(text.lines().count(), 6, "{text}");
+
+    // One error is reported as itself, not as a list of one.
+    let e = err_toml("max_per_user = 0");
+    assert!(e.starts_with("invalid value for max_per_user"), "{e}");
+}
+
+#[test]
+fn a_rule_about_a_key_that_failed_to_parse_is_skipped() {
+    // jwt_algorithm stays HS256 after its error; "the key file is only used with RS256"
+    // would be about that leftover default, not about what was written.
+    let e = Config::load(
+        None,
+        &ConfigArgs::default()
+            .with("jwt_algorithm", "RS257")
+            .with("jwt_public_key_file", "/nonexistent.pem"),
+    )
+    .unwrap_err();
+    assert_eq!(e.errors().len(), 1, "{e}");
+    assert_eq!(e.key(), Some("jwt_algorithm"));
+
+    // A code-built config reports every broken rule too.
+    let c = Config {
+        max_per_user: 0,
+        session_cookie: "a b".into(),
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err();
+    let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
+    assert_eq!(keys, ["max_per_user", "session_cookie"]);
+}
