@@ -90,6 +90,9 @@ struct ConfigSource {
 impl ConfigSource {
     /// The server's configuration as `serve` would see it, with `--data-dir` on top.
     fn load(&self) -> Result<Config, String> {
+        for var in tether::config::unknown_env_vars() {
+            eprintln!("warning: {var}");
+        }
         let mut args = ConfigArgs::from_env().map_err(|e| e.to_string())?;
         if let Some(dir) = &self.data_dir {
             args.set("data_dir", dir);
@@ -192,12 +195,22 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: &ConfigArgs) -> ExitCode {
+    let unknown = tether::config::unknown_env_vars();
     let config = match Config::from_args(args) {
         Ok(config) => config,
-        Err(e) => return usage_error(e),
+        Err(e) => {
+            // A misspelt variable may be why a value is not what was meant.
+            for var in &unknown {
+                eprintln!("warning: {var}");
+            }
+            return usage_error(e);
+        }
     };
     if let Err(e) = init_tracing(&config) {
         return usage_error(e);
+    }
+    for var in &unknown {
+        tracing::warn!("{var}");
     }
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.

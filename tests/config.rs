@@ -77,3 +77,94 @@ fn every_configuration_error_is_reported_at_once() {
         "a refused configuration opened the data directory"
     );
 }
+
+/// Starts `tether serve` on port 0 with `env`, waits until it listens, stops it, and
+/// returns what it logged up to then.
+async fn serve_log(dir: &Path, env: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TETHER_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tether serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let listening = tokio::time::timeout(common::WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("listening on http://") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let _ = child.kill().await;
+    assert_eq!(listening, Ok(true), "the server did not start:\n{log}");
+    log
+}
+
+#[tokio::test]
+async fn unknown_tether_variables_are_named_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = serve_log(
+        &tmp.path().join("data"),
+        &[
+            ("TETHER_MAX_PER_USERS", "3"),
+            ("TETHER_MAX_TOTAL", "50"),
+            // Not keys, but set on purpose: the load generator's marker.
+            ("TETHER_LOAD_NOFILE_RAISED", "1"),
+        ],
+    )
+    .await;
+    let warning = log
+        .lines()
+        .find(|l| l.contains("TETHER_MAX_PER_USERS"))
+        .unwrap_or_else(|| panic!("no warning names the variable:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("did you mean TETHER_MAX_PER_USER?"),
+        "{warning}"
+    );
+    assert!(
+        !log.contains("TETHER_MAX_TOTAL"),
+        "a known key was warned about:\n{log}"
+    );
+    assert!(!log.contains("TETHER_LOAD_NOFILE_RAISED"), "{log}");
+
+    // Commands that print one value keep stdout for it; the warning goes to stderr.
+    let out = tether(
+        &[
+            "token",
+            "--user",
+            "u",
+            "--data-dir",
+            common::arg(&tmp.path().join("data")),
+        ],
+        &[("TETHER_JWT_ISUER", "https://id.example")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    assert!(
+        stderr(&out).contains(
+            "warning: unknown environment variable TETHER_JWT_ISUER is ignored \
+             (did you mean TETHER_JWT_ISSUER?)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,9 +1,11 @@
 //! Layering: built-in defaults, then the TOML file, then the environment and the flags
 //! (already merged by clap into a [`ConfigArgs`]), later layers winning; then validation.
 
+use std::ffi::OsString;
+use std::fmt;
 use std::path::Path;
 
-use super::cli::ConfigArgs;
+use super::cli::{ConfigArgs, CONFIG_ENV};
 use super::keys::{key, KEYS};
 use super::{Config, ConfigError, Report};
 
@@ -85,4 +87,89 @@ pub fn suggest(unknown: &str) -> Option<&'static str> {
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, k)| k)
+}
+
+/// `TETHER_*` variables that are not configuration keys but are set on purpose, so they
+/// are not reported as unknown.
+const NOT_KEYS: &[&str] = &[
+    CONFIG_ENV,
+    // Set by the load generator (benches/load.rs) on itself; the server it starts inherits it.
+    "TETHER_LOAD_NOFILE_RAISED",
+];
+
+/// A `TETHER_*` environment variable that no key reads: most likely a typo, which would
+/// otherwise be silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVar {
+    pub name: String,
+    /// The variable of the closest key.
+    pub suggestion: Option<String>,
+}
+
+impl fmt::Display for UnknownVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown environment variable {} is ignored", self.name)?;
+        match &self.suggestion {
+            Some(s) => write!(f, " (did you mean {s}?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The process environment's unknown `TETHER_*` variables, sorted by name.
+pub fn unknown_env_vars() -> Vec<UnknownVar> {
+    unknown_vars(std::env::vars_os().map(|(name, _)| name))
+}
+
+fn unknown_vars(names: impl Iterator<Item = OsString>) -> Vec<UnknownVar> {
+    let mut unknown: Vec<UnknownVar> = names
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("TETHER_"))
+        .filter(|n| !NOT_KEYS.contains(&n.as_str()) && !KEYS.iter().any(|k| k.env_var() == *n))
+        .map(|name| {
+            let suggestion = suggest(&name["TETHER_".len()..])
+                .and_then(key)
+                .map(|k| k.env_var());
+            UnknownVar { name, suggestion }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_tether_variables_are_found_with_a_suggestion() {
+        let names = [
+            "PATH",
+            "TETHER_MAX_PER_USERS",
+            "TETHER_MAX_PER_USER",
+            "TETHER_CONFIG",
+            "TETHER_LOAD_NOFILE_RAISED",
+            "TETHER_ZZZ",
+            "tether_listen",
+        ];
+        let found = unknown_vars(names.iter().map(OsString::from));
+        assert_eq!(
+            found,
+            [
+                UnknownVar {
+                    name: "TETHER_MAX_PER_USERS".into(),
+                    suggestion: Some("TETHER_MAX_PER_USER".into()),
+                },
+                UnknownVar {
+                    name: "TETHER_ZZZ".into(),
+                    suggestion: None,
+                },
+            ]
+        );
+        assert_eq!(
+            found[0].to_string(),
+            "unknown environment variable TETHER_MAX_PER_USERS is ignored \
+             (did you mean TETHER_MAX_PER_USER?)"
+        );
+    }
 }
