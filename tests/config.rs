@@ -168,3 +168,24 @@ async fn unknown_tether_variables_are_named_in_a_warning() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_bad_boolean_lists_every_accepted_word() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tether(
+        &[
+            "serve",
+            "--data-dir",
+            common::arg(tmp.path()),
+            "--trust-proxy",
+            "maybe",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "error: invalid value for trust_proxy: \"maybe\" (expected true/false, yes/no, on/off \
+         or 1/0 (any letter case))"
+    );
+}

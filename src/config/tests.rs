@@ -417,3 +417,41 @@ fn a_rule_about_a_key_that_failed_to_parse_is_skipped() {
     let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
     assert_eq!(keys, ["max_per_user", "session_cookie"]);
 }
+
+#[test]
+fn a_boolean_takes_exactly_the_words_its_message_lists() {
+    let e = err_toml("trust_proxy = \"maybe\"");
+    assert_eq!(
+        e,
+        "invalid value for trust_proxy: \"maybe\" (expected true/false, yes/no, on/off or 1/0 \
+         (any letter case))"
+    );
+    for (word, value) in [
+        ("true", true),
+        ("yes", true),
+        ("on", true),
+        ("1", true),
+        ("false", false),
+        ("no", false),
+        ("off", false),
+        ("0", false),
+        ("TRUE", true),
+        ("Off", false),
+        (" yes ", true),
+    ] {
+        let args = ConfigArgs::default().with("trust_proxy", word);
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.trust_proxy, value, "{word:?}");
+    }
+    for word in ["y", "n", "t", "enabled", "2", "truee"] {
+        let args = ConfigArgs::default().with("trust_proxy", word);
+        assert!(Config::load(None, &args).is_err(), "{word:?} was accepted");
+    }
+    // TOML booleans are the same words.
+    assert!(load_toml("trust_proxy = true").unwrap().trust_proxy);
+    assert!(
+        !load_toml("metrics_require_key = false")
+            .unwrap()
+            .metrics_require_key
+    );
+}

@@ -226,6 +226,18 @@ impl Setting for Option<u64> {
 pub const TRUE_WORDS: [&str; 4] = ["true", "yes", "on", "1"];
 pub const FALSE_WORDS: [&str; 4] = ["false", "no", "off", "0"];
 
+/// `expected true/false, yes/no, on/off or 1/0 (any letter case)`: every word the parser
+/// takes, from the same lists.
+pub fn expected_boolean() -> String {
+    let pairs: Vec<String> = TRUE_WORDS
+        .iter()
+        .zip(FALSE_WORDS)
+        .map(|(t, f)| format!("{t}/{f}"))
+        .collect();
+    let (last, rest) = pairs.split_last().expect("at least one pair");
+    format!("expected {} or {last} (any letter case)", rest.join(", "))
+}
+
 impl Setting for bool {
     const FLAG: bool = true;
     fn parse(key: &Key, text: &str) -> Result<Self, ConfigError> {
@@ -235,7 +247,7 @@ impl Setting for bool {
         } else if FALSE_WORDS.contains(&word.as_str()) {
             Ok(false)
         } else {
-            Err(key.invalid(text, "expected true or false"))
+            Err(key.invalid(text, expected_boolean()))
         }
     }
     fn show(&self) -> String {
