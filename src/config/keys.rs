@@ -126,23 +126,25 @@ config_keys! {
     listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)) => Server "ADDR" {}
     /// Directory of the store and secrets.toml; one server per directory
     data_dir: PathBuf = PathBuf::from("./data") => Server "DIR" {}
-    /// HMAC secret for HS* tokens; prefer the environment to a flag
+    /// HMAC secret for HS* tokens, generated into <data-dir>/secrets.toml when unset; prefer
+    /// the environment to a flag
     jwt_secret: Option<String> = None => Authentication "SECRET" {
-        show: Show::Hidden, shown: "generated into <data-dir>/secrets.toml",
+        show: Show::Hidden, shown: "generated",
     }
     /// JWT algorithm: HS256, HS384, HS512, RS256, ES256 or EdDSA
     jwt_algorithm: JwtAlgorithm = JwtAlgorithm::HS256 => Authentication "ALG" {}
     /// PEM public key file, required for RS256, ES256 and EdDSA
     jwt_public_key_file: Option<PathBuf> = None => Authentication "FILE" {}
-    /// Required `iss` claim
-    jwt_issuer: Option<String> = None => Authentication "ISS" { shown: "none, not checked" }
-    /// Required `aud` claim
-    jwt_audience: Option<String> = None => Authentication "AUD" { shown: "none, not checked" }
+    /// Required `iss` claim; not checked when unset
+    jwt_issuer: Option<String> = None => Authentication "ISS" {}
+    /// Required `aud` claim; not checked when unset
+    jwt_audience: Option<String> = None => Authentication "AUD" {}
     /// Clock skew allowed when checking exp and nbf, in seconds
     jwt_leeway_seconds: u64 = 30 => Authentication "N" { min: 0, max: MAX_SECONDS }
-    /// API key with admin permission ("tk_..."); prefer the environment to a flag
+    /// API key with admin permission ("tk_..."), generated into <data-dir>/secrets.toml when
+    /// unset; prefer the environment to a flag
     admin_api_key: Option<String> = None => Authentication "KEY" {
-        show: Show::Hidden, shown: "generated into <data-dir>/secrets.toml",
+        show: Show::Hidden, shown: "generated",
     }
     /// More API keys, as a TOML inline array:
     /// '[{key = "tk_...", name = "app", permissions = ["read"]}]'; replaces the file's list
@@ -177,9 +179,10 @@ config_keys! {
     event_log_max: usize = 100_000 => Storage "N" {}
     /// sync, batched or relaxed: when a write is flushed relative to its acknowledgement
     durability: Durability = Durability::Batched => Storage "MODE" {}
-    /// Flush window in milliseconds
+    /// Milliseconds of the group-commit window (batched) or between background flushes
+    /// (relaxed); unused with sync
     flush_interval_ms: Option<u64> = None => Storage "MS" {
-        max: MAX_MILLIS, shown: "5 for sync and batched, 500 for relaxed",
+        max: MAX_MILLIS, shown: "5 for batched, 500 for relaxed",
     }
     /// sled's page cache, in bytes
     cache_capacity_bytes: u64 = 67_108_864 => Storage "N" { min: 0 }
