@@ -48,6 +48,11 @@ const API_KEY_USER_PREFIX: &str = "apikey:";
 /// Name of the key built from `admin_api_key`.
 const ADMIN_KEY_NAME: &str = "admin";
 
+/// Shortest HMAC secret accepted: RFC 7518 §3.2 asks for a key at least as long as the
+/// hash (32 bytes for HS256), and anything shorter is within reach of offline guessing
+/// from a single token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
 /// Larger leeways make `exp` meaningless, and jsonwebtoken subtracts the
 /// leeway from "now" in `u64`, so absurd values would overflow.
 const MAX_LEEWAY_SECONDS: u64 = 86_400;
@@ -535,11 +540,11 @@ fn decoding_key(s: &Settings) -> Result<DecodingKey, AuthError> {
                     "jwt_secret is required when jwt_algorithm = {name}"
                 )));
             }
-            if secret.len() < 32 {
-                tracing::warn!(
-                    length = secret.len(),
-                    "jwt_secret is shorter than 32 bytes; use a longer random secret"
-                );
+            if secret.len() < MIN_HMAC_SECRET_BYTES {
+                return Err(AuthError::Config(format!(
+                    "jwt_secret is {} bytes; at least {MIN_HMAC_SECRET_BYTES} are required",
+                    secret.len()
+                )));
             }
             Ok(DecodingKey::from_secret(secret.as_bytes()))
         }
@@ -1317,6 +1322,25 @@ mod tests {
             ..hs_settings()
         })
         .contains("jwt_issuer"));
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        // A secret can reach the authenticator without the config's checks: from a
+        // secrets.toml written by hand, or a Config built in code.
+        let msg = config_error(Settings {
+            secret: Some("0123456789abcdef0123456789abcde".into()),
+            ..hs_settings()
+        });
+        assert!(
+            msg.contains("jwt_secret") && msg.contains("31 bytes") && !msg.contains("0123"),
+            "{msg}"
+        );
+        assert!(Authenticator::from_settings(Settings {
+            secret: Some("0123456789abcdef0123456789abcdef".into()),
+            ..hs_settings()
+        })
+        .is_ok());
     }
 
     #[test]

@@ -189,3 +189,35 @@ fn a_bad_boolean_lists_every_accepted_word() {
          or 1/0 (any letter case))"
     );
 }
+
+#[test]
+fn a_short_jwt_secret_is_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let short = "only-twenty-six-bytes-long";
+    for args in [
+        vec!["serve", "--data-dir", common::arg(&data)],
+        vec!["token", "--user", "u", "--data-dir", common::arg(&data)],
+    ] {
+        let out = tether(&args, &[("TETHER_JWT_SECRET", short)]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: invalid value for jwt_secret: <hidden, 26 chars>"),
+            "{err}"
+        );
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        assert!(!err.contains(short), "the secret was echoed: {err}");
+    }
+    assert!(
+        !data.exists(),
+        "a refused configuration created the data directory"
+    );
+
+    let long = "exactly-thirty-two-bytes-long-ok";
+    let out = tether(
+        &["token", "--user", "u", "--data-dir", common::arg(&data)],
+        &[("TETHER_JWT_SECRET", long)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -126,8 +126,8 @@ config_keys! {
     listen: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)) => Server "ADDR" {}
     /// Directory of the store and secrets.toml; one server per directory
     data_dir: PathBuf = PathBuf::from("./data") => Server "DIR" {}
-    /// HMAC secret for HS* tokens, generated into <data-dir>/secrets.toml when unset; prefer
-    /// the environment to a flag
+    /// HMAC secret for HS* tokens, at least 32 bytes, generated into <data-dir>/secrets.toml
+    /// when unset; prefer the environment to a flag
     jwt_secret: Option<String> = None => Authentication "SECRET" {
         show: Show::Hidden, shown: "generated",
     }

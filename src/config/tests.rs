@@ -528,3 +528,15 @@ fn help_shows_each_documented_default_and_bound() {
         }
     }
 }
+
+#[test]
+fn a_short_hmac_secret_is_refused() {
+    let e = err_toml("jwt_secret = \"0123456789abcdef0123456789abcde\"");
+    assert!(e.starts_with("invalid value for jwt_secret: "), "{e}");
+    assert!(e.contains("at least 32 bytes for HS256"), "{e}");
+    assert!(!e.contains("0123456789"), "secret echoed: {e}");
+    let e = err_toml("jwt_secret = \"x\"\njwt_algorithm = \"HS512\"");
+    assert!(e.contains("at least 32 bytes for HS512"), "{e}");
+    let c = load_toml("jwt_secret = \"0123456789abcdef0123456789abcdef\"").unwrap();
+    assert_eq!(c.jwt_secret.map(|s| s.len()), Some(32));
+}

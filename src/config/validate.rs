@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use super::keys::key;
 use super::values::Hidden;
 use super::{Config, ConfigError, Report, API_KEY_MIN_LEN, API_KEY_PREFIX, PERMISSIONS};
+use crate::auth::MIN_HMAC_SECRET_BYTES;
 
 const API_KEY_SHAPE: &str =
     "expected \"tk_\" and at least 17 more printable characters; `tether apikey` makes one";
@@ -51,8 +52,26 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             report.push(invalid("data_dir", "", "expected a directory path"));
         }
-        if self.jwt_secret.as_deref() == Some("") {
-            report.push(invalid("jwt_secret", "", "expected a non-empty secret"));
+        match &self.jwt_secret {
+            Some(s) if s.is_empty() => {
+                report.push(invalid("jwt_secret", "", "expected a non-empty secret"))
+            }
+            Some(s)
+                if s.len() < MIN_HMAC_SECRET_BYTES
+                    && self.jwt_algorithm.is_hmac()
+                    && !report.failed("jwt_algorithm") =>
+            {
+                report.push(invalid(
+                    "jwt_secret",
+                    s,
+                    format!(
+                        "expected at least {MIN_HMAC_SECRET_BYTES} bytes for {}; a random \
+                         one, such as `openssl rand -base64 32` prints",
+                        self.jwt_algorithm
+                    ),
+                ))
+            }
+            _ => {}
         }
         if !report.failed_any(&["jwt_algorithm", "jwt_public_key_file"]) {
             if let Err(e) = self.check_jwt_key_file() {
