@@ -55,7 +55,7 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Larger leeways make `exp` meaningless, and jsonwebtoken subtracts the
 /// leeway from "now" in `u64`, so absurd values would overflow.
-const MAX_LEEWAY_SECONDS: u64 = 86_400;
+pub const MAX_LEEWAY_SECONDS: u64 = 86_400;
 
 /// Claims that have a meaning of their own and are therefore not copied into
 /// [`AuthUser::claims`].

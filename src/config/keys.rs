@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use super::values::{ApiKeyConfig, Durability, JwtAlgorithm, Key, LogFormat, Setting, Show};
 use super::{ConfigError, MAX_MILLIS, MAX_SECONDS};
+use crate::auth::MAX_LEEWAY_SECONDS;
 
 macro_rules! config_keys {
     ($(
@@ -140,7 +141,7 @@ config_keys! {
     /// Required `aud` claim; not checked when unset
     jwt_audience: Option<String> = None => Authentication "AUD" {}
     /// Clock skew allowed when checking exp and nbf, in seconds
-    jwt_leeway_seconds: u64 = 30 => Authentication "N" { min: 0, max: MAX_SECONDS }
+    jwt_leeway_seconds: u64 = 30 => Authentication "N" { min: 0, max: MAX_LEEWAY_SECONDS }
     /// API key with admin permission ("tk_..."), generated into <data-dir>/secrets.toml when
     /// unset; prefer the environment to a flag
     admin_api_key: Option<String> = None => Authentication "KEY" {

@@ -540,3 +540,18 @@ fn a_short_hmac_secret_is_refused() {
     let c = load_toml("jwt_secret = \"0123456789abcdef0123456789abcdef\"").unwrap();
     assert_eq!(c.jwt_secret.map(|s| s.len()), Some(32));
 }
+
+#[test]
+fn leeway_is_bounded_where_the_authenticator_bounds_it() {
+    let e = err_toml("jwt_leeway_seconds = 86401");
+    assert_eq!(
+        e,
+        "invalid value for jwt_leeway_seconds: \"86401\" (expected a whole number from 0 to 86400)"
+    );
+    assert_eq!(
+        load_toml("jwt_leeway_seconds = 86400")
+            .unwrap()
+            .jwt_leeway_seconds,
+        crate::auth::MAX_LEEWAY_SECONDS
+    );
+}
