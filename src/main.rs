@@ -212,6 +212,16 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     for var in &unknown {
         tracing::warn!("{var}");
     }
+    // CLUSTER MODE PLACEHOLDER. Cluster mode (SPEC §10) is configured and validated (its
+    // secrets must be configured), but this build has no Redis-backed node yet. The cluster
+    // work replaces this check with that node; it must not call secrets::load_or_create,
+    // since a cluster generates no secrets.
+    if config.is_cluster() {
+        return finish(Err(
+            "cluster mode is not available in this build yet (redis_url is set); unset \
+             redis_url to run a single node",
+        ));
+    }
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.
     match runtime() {

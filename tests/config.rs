@@ -221,3 +221,83 @@ fn a_short_jwt_secret_is_refused_naming_the_key() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn cluster_mode_refuses_to_start_without_configured_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = common::arg(&data);
+    for args in [
+        vec!["serve", "--data-dir", dir],
+        vec!["token", "--user", "u", "--data-dir", dir],
+    ] {
+        let out = tether(&args, &[("TETHER_REDIS_URL", "redis://127.0.0.1:6379")]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.starts_with("error: 2 configuration errors:"), "{err}");
+        assert!(
+            err.contains("missing value for jwt_secret (cluster mode"),
+            "{err}"
+        );
+        assert!(
+            err.contains("missing value for admin_api_key (cluster mode"),
+            "{err}"
+        );
+    }
+    assert!(!data.exists(), "secrets were generated in cluster mode");
+
+    // With the secrets configured, the build says plainly that it has no cluster mode.
+    let out = tether(
+        &["serve", "--data-dir", dir],
+        &[
+            ("TETHER_REDIS_URL", "redis://:hunter2@127.0.0.1:6379"),
+            ("TETHER_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("TETHER_ADMIN_API_KEY", "tk_0123456789abcdefghij"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cluster mode is not available in this build yet"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(!data.exists(), "cluster mode opened a data directory");
+}
+
+#[test]
+fn cluster_keys_errors_name_key_and_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tether(
+        &[
+            "serve",
+            "--data-dir",
+            common::arg(tmp.path()),
+            "--redis-url",
+            "http://cache:6379",
+            "--redis-prefix",
+            "a b",
+            "--node-id",
+            "node/1",
+            "--node-heartbeat-ms",
+            "2000",
+            "--node-lease-ms",
+            "3000",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for (key, value) in [
+        ("redis_url", "\"http://cache:6379\""),
+        ("redis_prefix", "\"a b\""),
+        ("node_id", "\"node/1\""),
+        ("node_lease_ms", "\"3000\""),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("invalid value for {key}: {value}"))),
+            "{key}: {err}"
+        );
+    }
+}

@@ -195,6 +195,18 @@ config_keys! {
     log_level: Option<String> = None => Logging "FILTER" { shown: "info" }
     /// Require an API key with read or admin permission for /metrics
     metrics_require_key: bool = false => Server "BOOL" {}
+    /// Redis for cluster mode: redis://, rediss:// or unix://. Cluster mode generates no
+    /// secrets: jwt_secret (or jwt_public_key_file) and admin_api_key must be configured
+    redis_url: Option<String> = None => Cluster "URL" { show: Show::Url }
+    /// Prefix of the Redis keys and bus channels; no whitespace, '{' or '}'
+    redis_prefix: String = "tether".to_string() => Cluster "PREFIX" {}
+    /// This node's id in the cluster: letters, digits, '.', '_' and '-'
+    node_id: Option<String> = None => Cluster "ID" { shown: "host name plus a random suffix" }
+    /// Interval between renewals of the node's lease in Redis, in milliseconds
+    node_heartbeat_ms: u64 = 1000 => Cluster "MS" { min: 50, max: MAX_MILLIS }
+    /// Milliseconds after which a node that has not renewed its lease is dead; more than
+    /// twice node_heartbeat_ms
+    node_lease_ms: u64 = 5000 => Cluster "MS" { max: MAX_MILLIS }
 }
 
 /// Looks a key up by its snake_case name.

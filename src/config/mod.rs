@@ -6,7 +6,8 @@
 //!   the range checks are generated from it.
 //! - `values.rs`: the value types ([`JwtAlgorithm`], [`Durability`], ...) and how each is
 //!   read from text, the same way whichever layer the text came from.
-//! - `load.rs`: the layers. `validate.rs`: the rules beyond each key's type.
+//! - `load.rs`: the layers. `validate.rs`: the rules beyond each key's type; `cluster.rs`
+//!   those of cluster mode's keys (`redis_url` and the node's).
 //! - `cli.rs`: [`ConfigArgs`], the flags and variables as clap sees them, and the
 //!   arguments of the other subcommands.
 //!
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod cli;
+mod cluster;
 mod keys;
 mod load;
 mod validate;

@@ -121,6 +121,7 @@ impl Config {
                 ));
             }
         }
+        self.check_cluster(report);
     }
 
     fn check_jwt_key_file(&self) -> Result<(), ConfigError> {
