@@ -264,13 +264,8 @@ pub struct Registry {
     cores: usize,
 }
 
-/// A new random resume token (256 bits, URL-safe).
-pub fn new_token() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system has no random source");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+/// A new random resume token; made in `auth::crypto` with tether's other random values.
+pub use crate::auth::new_token;
 
 impl Registry {
     pub fn new(trees: Trees, events: EventLog, metrics: Arc<Metrics>, limits: Limits) -> Registry {

@@ -16,9 +16,6 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
 use crate::config::{Config, API_KEY_MIN_LEN, API_KEY_PREFIX};
 
 pub const FILE_NAME: &str = "secrets.toml";
@@ -55,14 +52,8 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-/// `bytes` random bytes from the OS, base64url without padding.
-///
-/// Panics only if the OS has no randomness to give, where nothing safe can be done.
-pub fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the operating system's random number generator failed");
-    URL_SAFE_NO_PAD.encode(buf)
-}
+/// Random bytes from the OS, base64url; made in `auth::crypto`.
+pub use crate::auth::random_token;
 
 /// A new API key: `tk_` and 32 random bytes, base64url.
 pub fn new_api_key() -> String {

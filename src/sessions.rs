@@ -64,13 +64,8 @@ pub struct Sessions {
 
 const STRIPES: usize = 64;
 
-/// A new session id: 192 random bits, URL-safe.
-pub fn new_session_id() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).expect("the operating system has no random source");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+/// A new session id; made in `auth::crypto` with tether's other random values.
+pub use crate::auth::new_session_id;
 
 /// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything
 /// else replaces.

@@ -194,7 +194,7 @@ impl Trees {
             )),
             (None, Some(_)) => self.write_manifest(data_dir),
             (None, None) => {
-                let id = crate::registry::new_token();
+                let id = crate::auth::new_token();
                 self.meta.insert("store_id", codec::encode(&id)?)?;
                 self.db.flush()?;
                 self.write_manifest(data_dir)

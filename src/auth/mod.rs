@@ -28,7 +28,7 @@
 //! - `jwt.rs`: the JWT rules, claims, and minting.
 //! - `keys.rs`: the key a JWT is verified with, checked at start-up.
 //! - `api_keys.rs`: API keys, their permissions, the key table.
-//! - `crypto.rs`: hashing and constant-time comparison.
+//! - `crypto.rs`: hashing, constant-time comparison, random tokens and ids.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ mod jwt;
 mod keys;
 
 pub use api_keys::{ApiKey, Permission, API_KEY_PREFIX};
-pub use crypto::{ct_eq, sha256};
+pub use crypto::{ct_eq, new_session_id, new_token, random_token, sha256};
 pub use jwt::{mint, MAX_LEEWAY_SECONDS};
 pub use keys::MIN_HMAC_SECRET_BYTES;
 

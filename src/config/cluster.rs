@@ -181,7 +181,7 @@ fn generated_node_id() -> String {
     } else {
         host
     };
-    format!("{host}-{}", crate::secrets::random_token(6))
+    format!("{host}-{}", crate::auth::random_token(6))
 }
 
 /// The kernel's host name where it can be read without a system call the standard library
