@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use tether::config::{
-    BackupArgs, Config, ConfigArgs, ConfigError, InspectArgs, LogFormat, RestoreArgs, PERMISSIONS,
+    BackupArgs, Config, ConfigArgs, ConfigError, InspectArgs, LogFormat, RestoreArgs,
 };
 use tether::secrets;
 
@@ -330,19 +330,18 @@ fn token_claims(cmd: &TokenCmd, config: &Config, now: u64) -> serde_json::Value 
 }
 
 fn apikey(cmd: &ApikeyCmd) -> ExitCode {
-    if cmd.name.trim().is_empty() {
-        return usage_error("--name must not be empty");
+    let key = tether::auth::new_api_key();
+    // The rules the server will apply to these lines, so a key printed is a key accepted.
+    let entry = (key.as_str(), cmd.name.as_str(), cmd.permissions.as_slice());
+    if let Some(p) = tether::auth::check_keys(None, [entry]).first() {
+        let flag = if p.field.ends_with(".name") {
+            "--name"
+        } else {
+            "--permissions"
+        };
+        return usage_error(format!("invalid {flag} {:?} ({})", p.text, p.expected));
     }
-    if let Some(p) = cmd
-        .permissions
-        .iter()
-        .find(|p| !PERMISSIONS.contains(&p.as_str()))
-    {
-        return usage_error(format!(
-            "invalid permission {p:?} (expected admin, sessions or read)"
-        ));
-    }
-    print!("{}", apikey_text(&secrets::new_api_key(), cmd));
+    print!("{}", apikey_text(&key, cmd));
     ExitCode::SUCCESS
 }
 

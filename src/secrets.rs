@@ -16,7 +16,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, API_KEY_MIN_LEN, API_KEY_PREFIX};
+use crate::config::Config;
 
 pub const FILE_NAME: &str = "secrets.toml";
 
@@ -55,10 +55,8 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// Random bytes from the OS, base64url; made in `auth::crypto`.
 pub use crate::auth::random_token;
 
-/// A new API key: `tk_` and 32 random bytes, base64url.
-pub fn new_api_key() -> String {
-    format!("{API_KEY_PREFIX}{}", random_token(SECRET_BYTES))
-}
+/// A new API key; the rules for keys, and this, are in `auth::api_keys`.
+pub use crate::auth::new_api_key;
 
 /// Fills `config.jwt_secret` (HS* algorithms only) and `config.admin_api_key` from
 /// `secrets` where the configuration left them unset.
@@ -178,10 +176,10 @@ fn read_partial(file: &Path) -> Result<Option<Partial>, SecretsError> {
         match key.as_str() {
             "jwt_secret" => partial.jwt_secret = Some(s),
             "admin_api_key" => {
-                if !s.starts_with(API_KEY_PREFIX) || s.len() < API_KEY_MIN_LEN {
+                if !crate::auth::is_valid_api_key(&s) {
                     return Err(invalid(format!(
-                        "admin_api_key must start with {API_KEY_PREFIX:?} and be at least \
-                         {API_KEY_MIN_LEN} characters"
+                        "admin_api_key: {}",
+                        crate::auth::api_key_shape()
                     )));
                 }
                 partial.admin_api_key = Some(s)

@@ -1,11 +1,16 @@
-//! API keys (`tk_…`): their permissions, what a key may do, and the table an
-//! [`super::Authenticator`] looks keys up in.
+//! API keys (`tk_…`): what a key must look like, its permissions, what a key may do,
+//! and the table an [`super::Authenticator`] looks keys up in.
+//!
+//! The rules for a configured key (its text, its name, its permissions, no key or name
+//! twice) are [`check_keys`], and the rule for a key's text alone is
+//! [`is_valid_api_key`]. The config's validation, the authenticator, the reader of
+//! `secrets.toml` and `tether apikey` all ask these, so they cannot disagree.
 
 use std::collections::HashSet;
 
 use serde_json::Map;
 
-use super::crypto::sha256;
+use super::crypto::{random_token, sha256};
 use super::{AuthError, AuthUser, Settings};
 
 /// Every API key starts with this, which is how a bare credential is told
@@ -13,12 +18,19 @@ use super::{AuthError, AuthUser, Settings};
 /// start with `tk_`).
 pub const API_KEY_PREFIX: &str = "tk_";
 
+/// Shortest API key accepted, prefix included: 17 characters after it are still about
+/// 100 bits of base64url. Generated keys are much longer ([`new_api_key`]).
+pub const API_KEY_MIN_LEN: usize = 20;
+
+/// Random bytes in a generated key.
+const GENERATED_KEY_BYTES: usize = 32;
+
 /// User ids of API-key callers are `apikey:<name>`; JWT subjects may not use
 /// the prefix, so a token can never pose as an API key's identity.
 pub(super) const API_KEY_USER_PREFIX: &str = "apikey:";
 
-/// Name of the key built from `admin_api_key`.
-const ADMIN_KEY_NAME: &str = "admin";
+/// Name of the key built from `admin_api_key`; no configured key may take it.
+pub const ADMIN_KEY_NAME: &str = "admin";
 
 /// What an HTTP route needs (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +44,7 @@ impl Permission {
     pub const ALL: [Permission; 3] = [Permission::Admin, Permission::Sessions, Permission::Read];
 
     /// The name used in config and in `AuthUser.permissions`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Permission::Admin => "admin",
             Permission::Sessions => "sessions",
@@ -44,6 +56,13 @@ impl Permission {
         Permission::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
+
+/// The permission names, in the order of [`Permission::ALL`].
+pub const PERMISSIONS: &[&str] = &[
+    Permission::Admin.as_str(),
+    Permission::Sessions.as_str(),
+    Permission::Read.as_str(),
+];
 
 /// A configured API key, without the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,68 +91,234 @@ impl ApiKey {
     }
 }
 
+/// The rule for an API key's text: the prefix, at least [`API_KEY_MIN_LEN`] characters in
+/// all, and printable ASCII only (no spaces: a key travels in headers and query strings).
+pub fn is_valid_api_key(key: &str) -> bool {
+    key.starts_with(API_KEY_PREFIX)
+        && key.len() >= API_KEY_MIN_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// What [`is_valid_api_key`] asks for, for messages.
+pub fn api_key_shape() -> String {
+    format!(
+        "expected \"{API_KEY_PREFIX}\" and at least {} more printable characters, no spaces; \
+         `tether apikey` makes one",
+        API_KEY_MIN_LEN - API_KEY_PREFIX.len()
+    )
+}
+
+/// A new API key: the prefix and 32 random bytes, base64url (46 characters).
+pub fn new_api_key() -> String {
+    format!("{API_KEY_PREFIX}{}", random_token(GENERATED_KEY_BYTES))
+}
+
+/// The rule for a key's name, which becomes the user id `apikey:<name>`: not blank, no
+/// control characters.
+pub fn check_key_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err("expected a non-empty name without control characters".into());
+    }
+    Ok(())
+}
+
+/// The rule for a key's permissions: each one of [`PERMISSIONS`]; `Err` names the first
+/// that is not.
+pub fn check_permissions(permissions: &[String]) -> Result<(), (String, String)> {
+    match permissions.iter().find(|p| Permission::parse(p).is_none()) {
+        Some(bad) => Err((bad.clone(), format!("expected {}", one_of(PERMISSIONS)))),
+        None => Ok(()),
+    }
+}
+
+/// `a, b or c`.
+fn one_of(words: &[&str]) -> String {
+    match words.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// One way the configured keys break the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    /// The config key: `admin_api_key`, `api_keys[1].name`.
+    pub field: String,
+    /// The offending text; a secret (`secret` true) must never be shown.
+    pub text: String,
+    pub secret: bool,
+    /// `expected ...`.
+    pub expected: String,
+}
+
+/// Every rule for the configured keys at once: `admin_api_key` (if set), then each of
+/// `keys` as (key, name, permissions), in order. Empty when all is well.
+pub fn check_keys<'a>(
+    admin: Option<&str>,
+    keys: impl IntoIterator<Item = (&'a str, &'a str, &'a [String])>,
+) -> Vec<KeyProblem> {
+    let mut problems = Vec::new();
+    let mut seen_keys = HashSet::new();
+    let mut seen_names = HashSet::from([ADMIN_KEY_NAME]);
+    let mut problem = |field: String, text: &str, secret: bool, expected: String| {
+        problems.push(KeyProblem {
+            field,
+            text: text.to_string(),
+            secret,
+            expected,
+        })
+    };
+    if let Some(admin) = admin {
+        if !is_valid_api_key(admin) {
+            problem("admin_api_key".into(), admin, true, api_key_shape());
+        }
+        seen_keys.insert(admin);
+    }
+    for (i, (key, name, permissions)) in keys.into_iter().enumerate() {
+        let field = |part: &str| format!("api_keys[{i}].{part}");
+        if !is_valid_api_key(key) {
+            problem(field("key"), key, true, api_key_shape());
+        } else if !seen_keys.insert(key) {
+            problem(
+                field("key"),
+                key,
+                true,
+                "the same key is configured twice".into(),
+            );
+        }
+        if let Err(why) = check_key_name(name) {
+            problem(field("name"), name, false, why);
+        } else if name == ADMIN_KEY_NAME {
+            problem(
+                field("name"),
+                name,
+                false,
+                format!("expected another name: \"{ADMIN_KEY_NAME}\" is admin_api_key's"),
+            );
+        } else if !seen_names.insert(name) {
+            problem(
+                field("name"),
+                name,
+                false,
+                "each name must be unique".into(),
+            );
+        }
+        if let Err((bad, why)) = check_permissions(permissions) {
+            problem(field("permissions"), &bad, false, why);
+        }
+    }
+    problems
+}
+
 pub(super) struct KeyEntry {
     pub(super) digest: [u8; 32],
     pub(super) key: ApiKey,
 }
 
 /// Builds the API key table: `admin_api_key` as the key named "admin" with
-/// permission `admin`, then `api_keys` in order.
+/// permission `admin`, then `api_keys` in order. Fails on the first broken rule of
+/// [`check_keys`], naming its config key.
 pub(super) fn table(s: &Settings) -> Result<Vec<KeyEntry>, AuthError> {
-    let mut entries = Vec::new();
-    let mut names = HashSet::new();
-    let mut add = |config_key: String,
-                   raw: &str,
-                   name: &str,
-                   permissions: &[String]|
-     -> Result<(), AuthError> {
-        if !raw.starts_with(API_KEY_PREFIX) || raw.len() <= API_KEY_PREFIX.len() {
-            return Err(AuthError::Config(format!(
-                "{config_key}: an API key must start with \"{API_KEY_PREFIX}\""
-            )));
-        }
-        if raw.len() < 20 {
-            tracing::warn!(key = %config_key, "API key is short; use `tether apikey` to make one");
-        }
-        if name.is_empty() {
-            return Err(AuthError::Config(format!("{config_key}: name is empty")));
-        }
-        if !names.insert(name.to_owned()) {
-            return Err(AuthError::Config(format!(
-                "{config_key}: the name \"{name}\" is used by another API key"
-            )));
-        }
-        if let Some(bad) = permissions.iter().find(|p| Permission::parse(p).is_none()) {
-            return Err(AuthError::Config(format!(
-                "{config_key}: unknown permission \"{bad}\" (expected admin, sessions or read)"
-            )));
-        }
-        let digest = sha256(raw.as_bytes());
-        if entries.iter().any(|e: &KeyEntry| e.digest == digest) {
-            return Err(AuthError::Config(format!(
-                "{config_key}: the same key is configured twice"
-            )));
-        }
-        entries.push(KeyEntry {
-            digest,
+    let configured = s
+        .api_keys
+        .iter()
+        .map(|(key, name, permissions)| (key.as_str(), name.as_str(), permissions.as_slice()));
+    if let Some(p) = check_keys(s.admin_api_key.as_deref(), configured).first() {
+        return Err(AuthError::Config(if p.secret {
+            format!("{}: {}", p.field, p.expected)
+        } else {
+            format!("{} = {:?}: {}", p.field, p.text, p.expected)
+        }));
+    }
+    let admin = s.admin_api_key.as_deref().map(|key| {
+        let permissions = vec![Permission::Admin.as_str().to_owned()];
+        (key, ADMIN_KEY_NAME, permissions)
+    });
+    let configured = s
+        .api_keys
+        .iter()
+        .map(|(key, name, permissions)| (key.as_str(), name.as_str(), permissions.clone()));
+    Ok(admin
+        .into_iter()
+        .chain(configured)
+        .map(|(key, name, permissions)| KeyEntry {
+            digest: sha256(key.as_bytes()),
             key: ApiKey {
                 name: name.to_owned(),
-                permissions: permissions.to_vec(),
+                permissions,
             },
-        });
-        Ok(())
-    };
+        })
+        .collect())
+}
 
-    if let Some(admin) = &s.admin_api_key {
-        add(
-            "admin_api_key".to_owned(),
-            admin,
-            ADMIN_KEY_NAME,
-            &[Permission::Admin.as_str().to_owned()],
-        )?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_rule_for_a_key() {
+        assert!(is_valid_api_key("tk_0123456789abcdefg"));
+        assert_eq!("tk_0123456789abcdefg".len(), API_KEY_MIN_LEN);
+        for bad in [
+            "tk_0123456789abcdef",
+            "0123456789abcdefghijklmn",
+            "TK_0123456789abcdefghij",
+            "tk_0123456789 abcdefghij",
+            "tk_0123456789abcdéfghij",
+        ] {
+            assert!(!is_valid_api_key(bad), "{bad}");
+        }
+        let generated = new_api_key();
+        assert!(is_valid_api_key(&generated) && generated.len() == 46);
+        assert_ne!(generated, new_api_key());
+        assert_eq!(
+            api_key_shape(),
+            "expected \"tk_\" and at least 17 more printable characters, no spaces; \
+             `tether apikey` makes one"
+        );
     }
-    for (i, (key, name, permissions)) in s.api_keys.iter().enumerate() {
-        add(format!("api_keys[{i}]"), key, name, permissions)?;
+
+    #[test]
+    fn every_problem_of_the_configured_keys_is_found() {
+        let good = "tk_0123456789abcdefghij";
+        let read = vec!["read".to_string()];
+        let root = vec!["root".to_string()];
+        let problems = check_keys(
+            Some("short"),
+            [
+                (good, "app", read.as_slice()),
+                (good, "app", root.as_slice()),
+                ("tk_other_0123456789abc", ADMIN_KEY_NAME, read.as_slice()),
+                ("tk_third_0123456789abc", " ", read.as_slice()),
+            ],
+        );
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.expected.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("admin_api_key", api_key_shape().as_str()),
+                ("api_keys[1].key", "the same key is configured twice"),
+                ("api_keys[1].name", "each name must be unique"),
+                (
+                    "api_keys[1].permissions",
+                    "expected admin, sessions or read"
+                ),
+                (
+                    "api_keys[2].name",
+                    "expected another name: \"admin\" is admin_api_key's"
+                ),
+                (
+                    "api_keys[3].name",
+                    "expected a non-empty name without control characters"
+                ),
+            ]
+        );
+        assert!(problems[0].secret && problems[1].secret && !problems[3].secret);
+        assert_eq!(problems[3].text, "root");
+        assert!(check_keys(Some(good), [("tk_x_0123456789abcdefg", "a", &read[..])]).is_empty());
     }
-    Ok(entries)
 }

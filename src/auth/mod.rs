@@ -27,7 +27,8 @@
 //!
 //! - `jwt.rs`: the JWT rules, claims, and minting.
 //! - `keys.rs`: the key a JWT is verified with, checked at start-up.
-//! - `api_keys.rs`: API keys, their permissions, the key table.
+//! - `api_keys.rs`: API keys: the one set of rules for them, their permissions, the
+//!   key table.
 //! - `crypto.rs`: hashing, constant-time comparison, random tokens and ids.
 
 use std::fmt;
@@ -44,7 +45,10 @@ mod crypto;
 mod jwt;
 mod keys;
 
-pub use api_keys::{ApiKey, Permission, API_KEY_PREFIX};
+pub use api_keys::{
+    api_key_shape, check_key_name, check_keys, check_permissions, is_valid_api_key, new_api_key,
+    ApiKey, KeyProblem, Permission, ADMIN_KEY_NAME, API_KEY_MIN_LEN, API_KEY_PREFIX, PERMISSIONS,
+};
 pub use crypto::{ct_eq, new_session_id, new_token, random_token, sha256};
 pub use jwt::{mint, MAX_LEEWAY_SECONDS};
 pub use keys::MIN_HMAC_SECRET_BYTES;

@@ -34,15 +34,9 @@ pub use keys::{Config, KEYS};
 pub use load::{suggest, unknown_env_vars, UnknownVar};
 pub use values::{ApiKeyConfig, Durability, JwtAlgorithm, Key, LogFormat, Show};
 
-/// The permissions an API key may carry: `admin` allows everything, `sessions` the session
-/// routes, `read` the GET routes.
-pub const PERMISSIONS: &[&str] = &["admin", "sessions", "read"];
-
-/// Prefix of every API key; a credential with this prefix is treated as an API key.
-pub const API_KEY_PREFIX: &str = "tk_";
-
-/// Shortest API key accepted, prefix included.
-pub const API_KEY_MIN_LEN: usize = 20;
+/// The permissions an API key may carry (`admin` allows everything, `sessions` the
+/// session routes, `read` the GET routes) and what a key looks like: the rules are auth's.
+pub use crate::auth::{API_KEY_MIN_LEN, API_KEY_PREFIX, PERMISSIONS};
 
 /// Upper bound for durations in seconds (ten years). Larger values would overflow
 /// `Instant + Duration` arithmetic elsewhere; nobody needs them.

@@ -618,3 +618,52 @@ fn cluster_mode_needs_its_secrets_configured() {
     let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
     assert_eq!(keys, ["jwt_public_key_file", "admin_api_key"], "{e}");
 }
+
+#[test]
+fn one_api_key_rule_for_config_authenticator_and_secrets_file() {
+    let short = "tk_0123456789abcdef"; // 19 characters
+    let long = "tk_0123456789abcdefg"; // 20
+    let secret = "0123456789abcdef0123456789abcdef";
+    let config = |admin: &str| Config {
+        jwt_secret: Some(secret.into()),
+        admin_api_key: Some(admin.into()),
+        ..Config::default()
+    };
+
+    let e = config(short).validate().unwrap_err().to_string();
+    assert!(
+        e.contains("admin_api_key") && e.contains("at least 17 more"),
+        "{e}"
+    );
+    let e = crate::auth::Authenticator::new(&config(short)).unwrap_err();
+    assert!(e.to_string().contains("admin_api_key"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        crate::secrets::path(dir.path()),
+        format!("jwt_secret = \"{secret}\"\nadmin_api_key = \"{short}\"\n"),
+    )
+    .unwrap();
+    assert!(crate::secrets::read(dir.path()).is_err());
+
+    config(long).validate().unwrap();
+    crate::auth::Authenticator::new(&config(long)).unwrap();
+    std::fs::write(
+        crate::secrets::path(dir.path()),
+        format!("jwt_secret = \"{secret}\"\nadmin_api_key = \"{long}\"\n"),
+    )
+    .unwrap();
+    assert!(crate::secrets::read(dir.path()).unwrap().is_some());
+
+    // A configured key may not take the admin key's name or the admin key itself, which
+    // the authenticator refused only at start-up before.
+    let e = err_toml(&format!(
+        "admin_api_key = \"{long}\"\n[[api_keys]]\nkey = \"{long}\"\nname = \"admin\"\n\
+         permissions = [\"read\"]"
+    ));
+    assert!(e.contains("api_keys[0].key") && e.contains("twice"), "{e}");
+    assert!(
+        e.contains("api_keys[0].name") && e.contains("admin_api_key's"),
+        "{e}"
+    );
+    assert!(!e.contains(long), "secret echoed: {e}");
+}

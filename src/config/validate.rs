@@ -2,21 +2,11 @@
 //! key's text (a cookie name, a log filter), and those that tie keys together (an algorithm
 //! and its key file). [`Config::validate`] runs them on a config built in code too.
 
-use std::collections::HashSet;
-
 use super::keys::key;
 use super::values::Hidden;
-use super::{Config, ConfigError, Report, API_KEY_MIN_LEN, API_KEY_PREFIX, PERMISSIONS};
+use super::{Config, ConfigError, Report};
+use crate::auth::check_keys;
 use crate::auth::MIN_HMAC_SECRET_BYTES;
-
-const API_KEY_SHAPE: &str =
-    "expected \"tk_\" and at least 17 more printable characters; `tether apikey` makes one";
-
-fn is_api_key(key: &str) -> bool {
-    key.starts_with(API_KEY_PREFIX)
-        && key.len() >= API_KEY_MIN_LEN
-        && key.bytes().all(|b| b.is_ascii_graphic())
-}
 
 /// RFC 6265 cookie-name: an RFC 7230 token.
 fn is_cookie_name(name: &str) -> bool {
@@ -90,11 +80,6 @@ impl Config {
                 ));
             }
         }
-        if let Some(key) = &self.admin_api_key {
-            if !is_api_key(key) {
-                report.push(invalid("admin_api_key", key, API_KEY_SHAPE));
-            }
-        }
         self.check_api_keys(report);
 
         for (key, value) in self.numbers() {
@@ -157,46 +142,23 @@ impl Config {
         }
     }
 
+    /// The API-key rules are auth's ([`crate::auth::check_keys`]); here they become
+    /// configuration errors, secrets hidden.
     fn check_api_keys(&self, report: &mut Report) {
-        let mut names = HashSet::new();
-        let mut keys = HashSet::new();
-        let hidden = |key: &str, value: &str, expected: &str| ConfigError::Invalid {
-            key: key.to_string(),
-            value: format!("{:?}", Hidden(value)),
-            expected: expected.into(),
-        };
-        for (i, entry) in self.api_keys.iter().enumerate() {
-            let key_key = format!("api_keys[{i}].key");
-            if !is_api_key(&entry.key) {
-                report.push(hidden(&key_key, &entry.key, API_KEY_SHAPE));
-            } else if !keys.insert(entry.key.as_str()) {
-                report.push(hidden(&key_key, &entry.key, "the same key is listed twice"));
-            }
-            let name_key = format!("api_keys[{i}].name");
-            if entry.name.trim().is_empty() || entry.name.chars().any(char::is_control) {
-                report.push(ConfigError::Invalid {
-                    key: name_key,
-                    value: format!("{:?}", entry.name),
-                    expected: "expected a non-empty name".into(),
-                });
-            } else if !names.insert(entry.name.as_str()) {
-                report.push(ConfigError::Invalid {
-                    key: name_key,
-                    value: format!("{:?}", entry.name),
-                    expected: "each name must be unique".into(),
-                });
-            }
-            if let Some(p) = entry
-                .permissions
-                .iter()
-                .find(|p| !PERMISSIONS.contains(&p.as_str()))
-            {
-                report.push(ConfigError::Invalid {
-                    key: format!("api_keys[{i}].permissions"),
-                    value: format!("{p:?}"),
-                    expected: "expected admin, sessions or read".into(),
-                });
-            }
+        let keys = self
+            .api_keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.name.as_str(), k.permissions.as_slice()));
+        for p in check_keys(self.admin_api_key.as_deref(), keys) {
+            report.push(ConfigError::Invalid {
+                key: p.field,
+                value: if p.secret {
+                    format!("{:?}", Hidden(&p.text))
+                } else {
+                    format!("{:?}", p.text)
+                },
+                expected: p.expected,
+            });
         }
     }
 }
