@@ -42,6 +42,11 @@ enum Command {
     /// if it does not exist yet).
     Token(TokenCmd),
     /// Print a new random API key and the config lines that enable it
+    ///
+    /// Prints only the key on stdout, so `KEY=$(tether apikey --permissions read)` works;
+    /// the lines that enable it go to stderr, as TOML for the config file (`2>> tether.toml`
+    /// appends them) with the TETHER_API_KEYS form in a comment. --permissions is required:
+    /// a key's power is always chosen, never a default.
     Apikey(ApikeyCmd),
     /// Write a consistent snapshot of a running server or of a stopped data directory
     Backup(BackupCmd),
@@ -106,13 +111,9 @@ struct ApikeyCmd {
     /// Name of the key; connections using it get user id apikey:<name>
     #[arg(long, value_name = "NAME", default_value = "app")]
     name: String,
-    /// Comma-separated permissions, among admin, sessions, read
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_delimiter = ',',
-        default_value = "admin"
-    )]
+    /// Comma-separated permissions, among admin (everything), sessions (the session routes)
+    /// and read (the GET routes); required
+    #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
     permissions: Vec<String>,
 }
 
@@ -341,19 +342,25 @@ fn apikey(cmd: &ApikeyCmd) -> ExitCode {
         };
         return usage_error(format!("invalid {flag} {:?} ({})", p.text, p.expected));
     }
-    print!("{}", apikey_text(&key, cmd));
+    println!("{key}");
+    eprint!("{}", apikey_config(&key, cmd));
     ExitCode::SUCCESS
 }
 
-fn apikey_text(key: &str, cmd: &ApikeyCmd) -> String {
+/// The lines that enable `key`: valid TOML for the config file, the environment form in
+/// a comment.
+fn apikey_config(key: &str, cmd: &ApikeyCmd) -> String {
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let permissions: Vec<String> = cmd.permissions.iter().map(|p| quote(p)).collect();
+    let (key, name, permissions) = (quote(key), quote(&cmd.name), permissions.join(", "));
+    let inline = format!("[{{key = {key}, name = {name}, permissions = [{permissions}]}}]");
+    // Single-quoted for a POSIX shell; a quote inside is closed, escaped and reopened.
+    let shell = format!("'{}'", inline.replace('\'', r"'\''"));
     format!(
-        "{key}\n\n# Add to the config file (--config) to enable it:\n\
-         [[api_keys]]\nkey = {}\nname = {}\npermissions = [{}]\n",
-        quote(key),
-        quote(&cmd.name),
-        permissions.join(", ")
+        "# Add to the config file (--config) to enable the key:\n\
+         [[api_keys]]\nkey = {key}\nname = {name}\npermissions = [{permissions}]\n\
+         # or set in the environment (this replaces the config file's api_keys):\n\
+         # TETHER_API_KEYS={shell}\n"
     )
 }
 
@@ -451,10 +458,10 @@ mod tests {
             panic!("not apikey")
         };
         let key = "tk_0123456789abcdefghij";
-        let text = apikey_text(key, &cmd);
-        assert!(text.starts_with("tk_0123456789abcdefghij\n"));
-        let toml_part: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
-        let parsed: toml::Table = toml::from_str(&toml_part).unwrap();
+        // The key alone goes to stdout (see tests/config.rs); these lines to stderr, and
+        // all of them are TOML, so they can be appended to a config file as they are.
+        let text = apikey_config(key, &cmd);
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
         let entry = &parsed["api_keys"][0];
         assert_eq!(entry["key"].as_str(), Some(key));
         assert_eq!(entry["name"].as_str(), Some("app"));

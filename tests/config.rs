@@ -301,3 +301,78 @@ fn cluster_keys_errors_name_key_and_value() {
         );
     }
 }
+
+#[tokio::test]
+async fn apikey_prints_just_the_key_and_its_permissions_must_be_chosen() {
+    // No default permission: the key's power is always chosen.
+    let out = tether(&["apikey"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--permissions <LIST>"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = tether(&["apikey", "--permissions", "read", "--name", "dash"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `KEY=$(tether apikey --permissions read)` gets the key and nothing else.
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let key = stdout.strip_suffix('\n').expect("one line");
+    assert!(!key.contains('\n'), "{stdout:?}");
+    assert!(key.starts_with("tk_") && key.len() == 46, "{key}");
+    // The lines that enable it are TOML, ready for a config file.
+    let err = stderr(&out);
+    let lines: toml::Table = toml::from_str(&err).expect("stderr is TOML");
+    let entry = &lines["api_keys"][0];
+    assert_eq!(entry["key"].as_str(), Some(key));
+    assert_eq!(entry["name"].as_str(), Some("dash"));
+    assert_eq!(
+        entry["permissions"],
+        toml::Value::Array(vec!["read".into()])
+    );
+
+    // The environment form in the comment enables it on a real server, with read only.
+    let inline = err
+        .lines()
+        .find_map(|l| l.strip_prefix("# TETHER_API_KEYS='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("no TETHER_API_KEYS line:\n{err}"));
+    let server = common::Server::start(&["--api-keys", inline]).await;
+    let http = common::http();
+    let stats = http
+        .get(server.url("/v1/stats"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200);
+    let cleanup = http
+        .post(server.url("/v1/cleanup"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), 403);
+
+    // What the server would refuse is refused here, before a key is printed.
+    for (args, says) in [
+        (
+            vec!["apikey", "--permissions", "read,root"],
+            "invalid --permissions \"root\" (expected admin, sessions or read)",
+        ),
+        (
+            vec!["apikey", "--permissions", "read", "--name", "admin"],
+            "invalid --name \"admin\"",
+        ),
+        (
+            vec!["apikey", "--permissions", "read", "--name", " "],
+            "invalid --name",
+        ),
+    ] {
+        let out = tether(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
