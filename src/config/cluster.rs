@@ -198,6 +198,7 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{err_toml, load_toml};
 
     #[test]
     fn redis_urls() {
@@ -240,5 +241,68 @@ mod tests {
         assert!(!is_node_id("two words") && !is_node_id("") && !is_node_id("a{b}"));
         assert!(check_redis_prefix("app:tether").is_ok());
         assert!(check_redis_prefix("{tether}").is_err() && check_redis_prefix("a b").is_err());
+    }
+
+    #[test]
+    fn cluster_keys_are_validated_like_the_others() {
+        let c = Config::default();
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.redis_prefix, "tether");
+        assert_eq!(c.node_id, None);
+        assert_eq!((c.node_heartbeat_ms, c.node_lease_ms), (1000, 5000));
+        assert!(!c.is_cluster());
+
+        let e = load_toml(
+            "redis_url = \"http://user:hunter2@cache\"\nredis_prefix = \"{tether}\"\n\
+             node_id = \"node 1\"\nnode_heartbeat_ms = 10\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
+        assert_eq!(
+            keys,
+            ["node_heartbeat_ms", "redis_url", "redis_prefix", "node_id"]
+        );
+        let text = e.to_string();
+        assert!(!text.contains("hunter2"), "password shown: {text}");
+        assert!(text.contains("\"http://user:<hidden>@cache\""), "{text}");
+
+        let e = err_toml("node_heartbeat_ms = 2000\nnode_lease_ms = 4000");
+        assert_eq!(
+            e,
+            "invalid value for node_lease_ms: \"4000\" (expected more than twice \
+             node_heartbeat_ms (2000), so that one late renewal does not make a live node dead: \
+             at least 4001)"
+        );
+        let c = load_toml("node_heartbeat_ms = 2000\nnode_lease_ms = 4001\nnode_id = \"a.b-c_1\"")
+            .unwrap();
+        assert_eq!(c.node_id.as_deref(), Some("a.b-c_1"));
+        // Secrets and passwords stay out of Debug.
+        let c = load_toml(
+            "redis_url = \"redis://:hunter2@cache:6379/1\"\n\
+             jwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             admin_api_key = \"tk_0123456789abcdefghij\"",
+        )
+        .unwrap();
+        assert!(c.is_cluster());
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_its_secrets_configured() {
+        let e = load_toml("redis_url = \"redis://cache\"").unwrap_err();
+        let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
+        assert_eq!(keys, ["jwt_secret", "admin_api_key"], "{e}");
+        assert!(e.to_string().contains("generates no secrets"), "{e}");
+
+        let key_file = tempfile::NamedTempFile::new().unwrap();
+        let e = load_toml(&format!(
+            "redis_url = \"redis://cache\"\njwt_algorithm = \"ES256\"\njwt_public_key_file = {:?}",
+            key_file.path()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("admin_api_key"), "{e}");
+        let e = load_toml("redis_url = \"redis://cache\"\njwt_algorithm = \"EdDSA\"").unwrap_err();
+        let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
+        assert_eq!(keys, ["jwt_public_key_file", "admin_api_key"], "{e}");
     }
 }

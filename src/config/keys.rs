@@ -213,3 +213,84 @@ config_keys! {
 pub fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
+
+/// The table against what a reader sees: the README's rows and `--help`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::TestCli;
+    use clap::CommandFactory;
+
+    /// The README's configuration table, as (keys of the row, default, meaning).
+    fn readme_rows() -> Vec<(Vec<String>, String, String)> {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Command line and configuration"))
+            .expect("README has a configuration section");
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                assert_eq!(cells.len(), 3, "{l}");
+                let keys = cells[0]
+                    .split(", ")
+                    .map(|k| k.trim_matches('`').to_string())
+                    .collect();
+                (keys, cells[1].replace('`', ""), cells[2].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_rows_agree_with_the_table() {
+        let rows = readme_rows();
+        for key in KEYS {
+            let matching: Vec<_> = rows
+                .iter()
+                .filter(|(keys, _, _)| keys.iter().any(|k| k == key.name))
+                .collect();
+            assert_eq!(matching.len(), 1, "README rows for {}", key.name);
+            let (_, default, meaning) = matching[0];
+            assert_eq!(
+                *default,
+                Config::documented_default(key),
+                "README default of {}",
+                key.name
+            );
+            if let Some(note) = key.range_note() {
+                assert!(
+                    meaning.contains(&note),
+                    "README row of {} does not say {note:?}: {meaning}",
+                    key.name
+                );
+            }
+        }
+        for (keys, _, _) in &rows {
+            for k in keys {
+                assert!(
+                    KEYS.iter().any(|key| key.name == k),
+                    "README lists {k}, which is not a key"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn help_shows_each_documented_default_and_bound() {
+        let cmd = TestCli::command();
+        for key in KEYS {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == key.name)
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            let default = format!("[default: {}]", Config::documented_default(key));
+            assert!(help.ends_with(&default), "--{}: {help}", key.flag_name());
+            if let Some(note) = key.range_note() {
+                assert!(help.contains(&note), "--{}: {help}", key.flag_name());
+            }
+        }
+    }
+}

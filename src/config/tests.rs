@@ -4,23 +4,23 @@ use std::io::Write;
 use std::path::Path;
 
 #[derive(Parser, Debug)]
-struct TestCli {
+pub(super) struct TestCli {
     #[command(flatten)]
-    args: ConfigArgs,
+    pub(super) args: ConfigArgs,
 }
 
-fn toml_file(text: &str) -> tempfile::NamedTempFile {
+pub(super) fn toml_file(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     f.write_all(text.as_bytes()).unwrap();
     f
 }
 
-fn load_toml(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn load_toml(text: &str) -> Result<Config, ConfigError> {
     let f = toml_file(text);
     Config::load(Some(f.path()), &ConfigArgs::default())
 }
 
-fn err_toml(text: &str) -> String {
+pub(super) fn err_toml(text: &str) -> String {
     load_toml(text).unwrap_err().to_string()
 }
 
@@ -456,79 +456,6 @@ fn a_boolean_takes_exactly_the_words_its_message_lists() {
     );
 }
 
-/// The README's configuration table, as (keys of the row, default, meaning).
-fn readme_rows() -> Vec<(Vec<String>, String, String)> {
-    let readme = include_str!("../../README.md");
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Command line and configuration"))
-        .expect("README has a configuration section");
-    section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| {
-            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
-            assert_eq!(cells.len(), 3, "{l}");
-            let keys = cells[0]
-                .split(", ")
-                .map(|k| k.trim_matches('`').to_string())
-                .collect();
-            (keys, cells[1].replace('`', ""), cells[2].to_string())
-        })
-        .collect()
-}
-
-#[test]
-fn readme_rows_agree_with_the_table() {
-    let rows = readme_rows();
-    for key in KEYS {
-        let matching: Vec<_> = rows
-            .iter()
-            .filter(|(keys, _, _)| keys.iter().any(|k| k == key.name))
-            .collect();
-        assert_eq!(matching.len(), 1, "README rows for {}", key.name);
-        let (_, default, meaning) = matching[0];
-        assert_eq!(
-            *default,
-            Config::documented_default(key),
-            "README default of {}",
-            key.name
-        );
-        if let Some(note) = key.range_note() {
-            assert!(
-                meaning.contains(&note),
-                "README row of {} does not say {note:?}: {meaning}",
-                key.name
-            );
-        }
-    }
-    for (keys, _, _) in &rows {
-        for k in keys {
-            assert!(
-                KEYS.iter().any(|key| key.name == k),
-                "README lists {k}, which is not a key"
-            );
-        }
-    }
-}
-
-#[test]
-fn help_shows_each_documented_default_and_bound() {
-    let cmd = TestCli::command();
-    for key in KEYS {
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_id() == key.name)
-            .unwrap();
-        let help = arg.get_help().unwrap().to_string();
-        let default = format!("[default: {}]", Config::documented_default(key));
-        assert!(help.ends_with(&default), "--{}: {help}", key.flag_name());
-        if let Some(note) = key.range_note() {
-            assert!(help.contains(&note), "--{}: {help}", key.flag_name());
-        }
-    }
-}
-
 #[test]
 fn a_short_hmac_secret_is_refused() {
     let e = err_toml("jwt_secret = \"0123456789abcdef0123456789abcde\"");
@@ -554,69 +481,6 @@ fn leeway_is_bounded_where_the_authenticator_bounds_it() {
             .jwt_leeway_seconds,
         crate::auth::MAX_LEEWAY_SECONDS
     );
-}
-
-#[test]
-fn cluster_keys_are_validated_like_the_others() {
-    let c = Config::default();
-    assert_eq!(c.redis_url, None);
-    assert_eq!(c.redis_prefix, "tether");
-    assert_eq!(c.node_id, None);
-    assert_eq!((c.node_heartbeat_ms, c.node_lease_ms), (1000, 5000));
-    assert!(!c.is_cluster());
-
-    let e = load_toml(
-        "redis_url = \"http://user:hunter2@cache\"\nredis_prefix = \"{tether}\"\n\
-         node_id = \"node 1\"\nnode_heartbeat_ms = 10\n",
-    )
-    .unwrap_err();
-    let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
-    assert_eq!(
-        keys,
-        ["node_heartbeat_ms", "redis_url", "redis_prefix", "node_id"]
-    );
-    let text = e.to_string();
-    assert!(!text.contains("hunter2"), "password shown: {text}");
-    assert!(text.contains("\"http://user:<hidden>@cache\""), "{text}");
-
-    let e = err_toml("node_heartbeat_ms = 2000\nnode_lease_ms = 4000");
-    assert_eq!(
-        e,
-        "invalid value for node_lease_ms: \"4000\" (expected more than twice \
-         node_heartbeat_ms (2000), so that one late renewal does not make a live node dead: \
-         at least 4001)"
-    );
-    let c =
-        load_toml("node_heartbeat_ms = 2000\nnode_lease_ms = 4001\nnode_id = \"a.b-c_1\"").unwrap();
-    assert_eq!(c.node_id.as_deref(), Some("a.b-c_1"));
-    // Secrets and passwords stay out of Debug.
-    let c = load_toml(
-        "redis_url = \"redis://:hunter2@cache:6379/1\"\n\
-         jwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
-         admin_api_key = \"tk_0123456789abcdefghij\"",
-    )
-    .unwrap();
-    assert!(c.is_cluster());
-    assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
-}
-
-#[test]
-fn cluster_mode_needs_its_secrets_configured() {
-    let e = load_toml("redis_url = \"redis://cache\"").unwrap_err();
-    let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
-    assert_eq!(keys, ["jwt_secret", "admin_api_key"], "{e}");
-    assert!(e.to_string().contains("generates no secrets"), "{e}");
-
-    let key_file = tempfile::NamedTempFile::new().unwrap();
-    let e = load_toml(&format!(
-        "redis_url = \"redis://cache\"\njwt_algorithm = \"ES256\"\njwt_public_key_file = {:?}",
-        key_file.path()
-    ))
-    .unwrap_err();
-    assert_eq!(e.key(), Some("admin_api_key"), "{e}");
-    let e = load_toml("redis_url = \"redis://cache\"\njwt_algorithm = \"EdDSA\"").unwrap_err();
-    let keys: Vec<&str> = e.errors().iter().filter_map(ConfigError::key).collect();
-    assert_eq!(keys, ["jwt_public_key_file", "admin_api_key"], "{e}");
 }
 
 #[test]
