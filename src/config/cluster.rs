@@ -20,7 +20,7 @@ impl Config {
     /// The configured `node_id`, or a new one (host name plus a random suffix), which is
     /// kept so every later call returns the same. A config is loaded at every start, so an
     /// unconfigured node gets a new id each time it starts.
-    pub fn node_id(&mut self) -> &str {
+    pub fn resolve_node_id(&mut self) -> &str {
         self.node_id.get_or_insert_with(generated_node_id)
     }
 
@@ -236,8 +236,8 @@ mod tests {
         assert!(is_node_id(&a), "{a}");
         assert_ne!(a, b);
         let mut config = Config::default();
-        let first = config.node_id().to_string();
-        assert_eq!(config.node_id(), first, "kept once made");
+        let first = config.resolve_node_id().to_string();
+        assert_eq!(config.resolve_node_id(), first, "kept once made");
         assert!(!is_node_id("two words") && !is_node_id("") && !is_node_id("a{b}"));
         assert!(check_redis_prefix("app:tether").is_ok());
         assert!(check_redis_prefix("{tether}").is_err() && check_redis_prefix("a b").is_err());

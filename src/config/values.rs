@@ -43,10 +43,9 @@ pub struct Key {
     pub shown: &'static str,
     pub show: Show,
     /// Set by the value's type: a number (bounds apply), a boolean (the flag's value is
-    /// optional), a path (may be non-UTF-8).
+    /// optional).
     pub numeric: bool,
     pub flag: bool,
-    pub path: bool,
 }
 
 impl Key {
@@ -63,7 +62,6 @@ impl Key {
             show: Show::Plain,
             numeric: T::NUMERIC,
             flag: T::FLAG,
-            path: T::PATH,
         }
     }
 
@@ -134,7 +132,6 @@ impl Key {
 pub trait Setting: Sized + fmt::Debug {
     const NUMERIC: bool = false;
     const FLAG: bool = false;
-    const PATH: bool = false;
     /// Default bounds of a number: at least 1, as large as the type holds.
     const MIN: u64 = 1;
     const MAX: u64 = u64::MAX;
@@ -288,7 +285,6 @@ impl Setting for Option<String> {
 }
 
 impl Setting for PathBuf {
-    const PATH: bool = true;
     fn parse(_key: &Key, text: &str) -> Result<Self, ConfigError> {
         Ok(PathBuf::from(text))
     }
@@ -301,7 +297,6 @@ impl Setting for PathBuf {
 }
 
 impl Setting for Option<PathBuf> {
-    const PATH: bool = true;
     fn parse(key: &Key, text: &str) -> Result<Self, ConfigError> {
         Self::parse_os(key, OsStr::new(text))
     }
