@@ -6,7 +6,14 @@
 //! from the table: the struct, its `Default` and `Debug`, the flag and the environment
 //! variable of each key (`cli.rs`), reading a key from the file or from text (`load.rs`),
 //! and the range checks (`validate.rs`). Adding a key is one row here, plus its own rule in
-//! `validate.rs` if bounds and the type's parser are not enough.
+//! `validate.rs` if bounds and the type's parser are not enough, plus its row in the
+//! README's table (a test below holds the two to the same default and bounds). A number,
+//! for example:
+//!
+//! ```text
+//! /// Milliseconds a client has to send its request headers
+//! http_header_timeout_ms: u64 = 10_000 => Server "MS" { max: MAX_MILLIS }
+//! ```
 //!
 //! Rows are in the order of the README's table; `--help` groups them by section.
 
