@@ -288,6 +288,25 @@ fn warn_if_shared(_file: &Path) {}
 
 #[cfg(test)]
 mod tests {
+
+    /// The API-key rule of the config and the authenticator holds for the secrets file too.
+    #[test]
+    fn the_secrets_file_holds_to_the_one_api_key_rule() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let dir = tempfile::tempdir().unwrap();
+        for (key, ok) in [
+            ("tk_0123456789abcdef", false),
+            ("tk_0123456789abcdefg", true),
+        ] {
+            std::fs::write(
+                path(dir.path()),
+                format!("jwt_secret = \"{secret}\"\nadmin_api_key = \"{key}\"\n"),
+            )
+            .unwrap();
+            assert_eq!(read(dir.path()).is_ok_and(|s| s.is_some()), ok, "{key}");
+        }
+    }
+
     use super::*;
     use crate::config::JwtAlgorithm;
 

@@ -86,7 +86,8 @@ pub async fn run_until(
     } else {
         tracing::info!(path = %secrets_path.display(), "secrets file");
     }
-    let auth = Authenticator::new(&config).map_err(|e| ServeError::Auth(e.to_string()))?;
+    let auth =
+        Authenticator::new(config.auth_settings()).map_err(|e| ServeError::Auth(e.to_string()))?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
     let metrics = Arc::new(Metrics::default());
     let node_id = node_id(&config);

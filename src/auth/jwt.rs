@@ -9,8 +9,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::api_keys::API_KEY_USER_PREFIX;
+use super::JwtAlgorithm;
 use super::{AuthError, AuthMethod, AuthUser, Settings, Verified};
-use crate::config::JwtAlgorithm;
 
 /// Larger leeways make `exp` meaningless, and jsonwebtoken subtracts the
 /// leeway from "now" in `u64`, so absurd values would overflow.

@@ -11,8 +11,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::jwt::alg_name;
+use super::JwtAlgorithm;
 use super::{AuthError, Settings};
-use crate::config::JwtAlgorithm;
 
 /// Shortest HMAC secret accepted: RFC 7518 §3.2 asks for a key at least as long as the
 /// hash (32 bytes for HS256), and anything shorter is within reach of offline guessing

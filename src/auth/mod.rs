@@ -38,8 +38,6 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::JwtAlgorithm;
-
 mod api_keys;
 mod crypto;
 mod jwt;
@@ -177,38 +175,60 @@ impl AuthError {
     }
 }
 
+/// The JWT algorithm, fixed by configuration (`jwt_algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 6] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// True for the shared-secret (HMAC) algorithms; the others verify with a public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+}
+
 /// The slice of the config this module reads. Kept separate from `Config`
 /// so the unit tests below do not depend on every other config field.
 #[derive(Clone)]
-struct Settings {
-    secret: Option<String>,
-    algorithm: JwtAlgorithm,
-    public_key_file: Option<PathBuf>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    leeway_seconds: u64,
-    admin_api_key: Option<String>,
+pub struct Settings {
+    pub secret: Option<String>,
+    pub algorithm: JwtAlgorithm,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_seconds: u64,
+    pub admin_api_key: Option<String>,
     /// (key, name, permissions), in config order.
-    api_keys: Vec<(String, String, Vec<String>)>,
-}
-
-impl Settings {
-    fn from_config(cfg: &crate::config::Config) -> Self {
-        Settings {
-            secret: cfg.jwt_secret.clone(),
-            algorithm: cfg.jwt_algorithm,
-            public_key_file: cfg.jwt_public_key_file.clone(),
-            issuer: cfg.jwt_issuer.clone(),
-            audience: cfg.jwt_audience.clone(),
-            leeway_seconds: cfg.jwt_leeway_seconds,
-            admin_api_key: cfg.admin_api_key.clone(),
-            api_keys: cfg
-                .api_keys
-                .iter()
-                .map(|k| (k.key.clone(), k.name.clone(), k.permissions.clone()))
-                .collect(),
-        }
-    }
+    pub api_keys: Vec<(String, String, Vec<String>)>,
 }
 
 /// Verifies JWTs and API keys. Built once from config; immutable after that,
@@ -246,8 +266,8 @@ impl Authenticator {
     /// file that cannot be read, holds a private key or a key of the wrong
     /// type, an API key without the `tk_` prefix, an unknown permission, a
     /// duplicate key or name.
-    pub fn new(cfg: &crate::config::Config) -> Result<Self, AuthError> {
-        Self::from_settings(Settings::from_config(cfg))
+    pub fn new(settings: Settings) -> Result<Self, AuthError> {
+        Self::from_settings(settings)
     }
 
     fn from_settings(s: Settings) -> Result<Self, AuthError> {

@@ -143,3 +143,23 @@ impl Report {
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// What the authenticator is built from.
+    pub fn auth_settings(&self) -> crate::auth::Settings {
+        crate::auth::Settings {
+            secret: self.jwt_secret.clone(),
+            algorithm: self.jwt_algorithm,
+            public_key_file: self.jwt_public_key_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_seconds: self.jwt_leeway_seconds,
+            admin_api_key: self.admin_api_key.clone(),
+            api_keys: self
+                .api_keys
+                .iter()
+                .map(|k| (k.key.clone(), k.name.clone(), k.permissions.clone()))
+                .collect(),
+        }
+    }
+}

@@ -378,47 +378,9 @@ macro_rules! choices {
         }
     )*};
 }
+pub use crate::auth::JwtAlgorithm;
+
 choices!(JwtAlgorithm, Durability, LogFormat);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum JwtAlgorithm {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    ES256,
-    EdDSA,
-}
-
-impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 6] = [
-        JwtAlgorithm::HS256,
-        JwtAlgorithm::HS384,
-        JwtAlgorithm::HS512,
-        JwtAlgorithm::RS256,
-        JwtAlgorithm::ES256,
-        JwtAlgorithm::EdDSA,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::HS384 => "HS384",
-            JwtAlgorithm::HS512 => "HS512",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::ES256 => "ES256",
-            JwtAlgorithm::EdDSA => "EdDSA",
-        }
-    }
-
-    /// True for the shared-secret (HMAC) algorithms; the others verify with a public key.
-    pub fn is_hmac(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
-        )
-    }
-}
 
 impl Choice for JwtAlgorithm {
     const ALL: &'static [Self] = &JwtAlgorithm::ALL;

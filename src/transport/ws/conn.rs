@@ -530,7 +530,7 @@ mod tests {
             "n1".into(),
         )
         .unwrap();
-        let auth = crate::auth::Authenticator::new(&config).unwrap();
+        let auth = crate::auth::Authenticator::new(config.auth_settings()).unwrap();
         let node = Arc::new(Node::new(
             config,
             auth,
