@@ -29,7 +29,8 @@
 //! [`sessions::run_reactor`] is the one subscriber that turns them into frames and closes.
 //! Lifecycle events are kept in a bounded log ([`events`]) and mirrored on the bus.
 //! [`metrics`] serves `/metrics`; [`config`] and [`secrets`] turn files, environment and
-//! flags into a [`config::Config`]; [`backup`] copies a data directory in and out.
+//! flags into a [`config::Config`]; [`backup`] copies a data directory in and out; [`panics`]
+//! makes every panic one log line.
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod model;
+pub mod panics;
 pub mod registry;
 pub mod secrets;
 pub mod server;

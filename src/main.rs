@@ -199,6 +199,7 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     if let Err(e) = init_tracing(&config) {
         return usage_error(e);
     }
+    tether::panics::install();
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.
     match runtime() {
