@@ -52,6 +52,10 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "metrics_require_key",
+    "http_header_timeout_ms",
+    "http_idle_timeout_ms",
+    "http_body_timeout_ms",
+    "max_pending_connections",
 ];
 
 /// The permissions an API key may carry: `admin` allows everything, `sessions` the session
@@ -267,6 +271,16 @@ pub struct Config {
     pub log_level: Option<String>,
     /// When true, `/metrics` needs an API key with `read` or `admin`.
     pub metrics_require_key: bool,
+    /// Time from accept to a request's complete headers (and from a kept-alive
+    /// connection's first byte to its next request's headers).
+    pub http_header_timeout_ms: u64,
+    /// Time a kept-alive connection may wait for its next request to start.
+    pub http_idle_timeout_ms: u64,
+    /// Time from a request's headers to the end of its body.
+    pub http_body_timeout_ms: u64,
+    /// Connections accepted that have not completed a request, not upgraded, or not
+    /// sent their first-frame auth yet; past it the oldest is closed.
+    pub max_pending_connections: usize,
 }
 
 impl Default for Config {
@@ -303,6 +317,10 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             log_level: None,
             metrics_require_key: false,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 30_000,
+            http_body_timeout_ms: 30_000,
+            max_pending_connections: 8192,
         }
     }
 }
@@ -341,6 +359,10 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("log_level", &self.log_level)
             .field("metrics_require_key", &self.metrics_require_key)
+            .field("http_header_timeout_ms", &self.http_header_timeout_ms)
+            .field("http_idle_timeout_ms", &self.http_idle_timeout_ms)
+            .field("http_body_timeout_ms", &self.http_body_timeout_ms)
+            .field("max_pending_connections", &self.max_pending_connections)
             .finish()
     }
 }
@@ -394,6 +416,39 @@ pub struct ConfigArgs {
     #[arg(long, env = "TETHER_METRICS_REQUIRE_KEY", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", help_heading = "Server")]
     pub metrics_require_key: Option<String>,
+    /// Milliseconds from accepting a connection (or from the first byte of a kept-alive
+    /// connection's next request) to the request's complete headers [default: 10000]
+    #[arg(
+        long,
+        env = "TETHER_HTTP_HEADER_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Server"
+    )]
+    pub http_header_timeout_ms: Option<String>,
+    /// Milliseconds a kept-alive HTTP connection may wait for its next request [default: 30000]
+    #[arg(
+        long,
+        env = "TETHER_HTTP_IDLE_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Server"
+    )]
+    pub http_idle_timeout_ms: Option<String>,
+    /// Milliseconds from a request's headers to the end of its body (408 past it) [default: 30000]
+    #[arg(
+        long,
+        env = "TETHER_HTTP_BODY_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Server"
+    )]
+    pub http_body_timeout_ms: Option<String>,
+    /// Most connections not yet past their first request, WebSocket upgrade or auth frame; past it the oldest is closed [default: 8192]
+    #[arg(
+        long,
+        env = "TETHER_MAX_PENDING_CONNECTIONS",
+        value_name = "N",
+        help_heading = "Server"
+    )]
+    pub max_pending_connections: Option<String>,
 
     /// HMAC secret for HS* tokens; prefer the environment to a flag [default: generated into <data-dir>/secrets.toml]
     #[arg(
@@ -632,6 +687,10 @@ impl ConfigArgs {
             ("trust_proxy", &self.trust_proxy),
             ("max_body_bytes", &self.max_body_bytes),
             ("metrics_require_key", &self.metrics_require_key),
+            ("http_header_timeout_ms", &self.http_header_timeout_ms),
+            ("http_idle_timeout_ms", &self.http_idle_timeout_ms),
+            ("http_body_timeout_ms", &self.http_body_timeout_ms),
+            ("max_pending_connections", &self.max_pending_connections),
             ("jwt_secret", &self.jwt_secret),
             ("jwt_algorithm", &self.jwt_algorithm),
             ("jwt_issuer", &self.jwt_issuer),
@@ -753,6 +812,9 @@ fn bounds(key: &str) -> (u64, u64) {
         "jwt_leeway_seconds" | "resume_grace_seconds" => (0, MAX_SECONDS),
         "ttl_seconds" | "session_ttl_seconds" => (1, MAX_SECONDS),
         "auth_timeout_ms" | "flush_interval_ms" => (1, MAX_MILLIS),
+        "http_header_timeout_ms" | "http_idle_timeout_ms" | "http_body_timeout_ms" => {
+            (1, MAX_MILLIS)
+        }
         "heartbeat_interval_ms" => (10, MAX_MILLIS),
         "messages_per_minute" => (1, u64::from(u32::MAX)),
         "max_message_bytes" => (256, u64::MAX),
@@ -1023,6 +1085,10 @@ impl Config {
             "log_format" => self.log_format = choice(key, text, "pretty, json")?,
             "log_level" => self.log_level = optional(text.trim()),
             "metrics_require_key" => self.metrics_require_key = boolean(key, text)?,
+            "http_header_timeout_ms" => self.http_header_timeout_ms = number(key, text)?,
+            "http_idle_timeout_ms" => self.http_idle_timeout_ms = number(key, text)?,
+            "http_body_timeout_ms" => self.http_body_timeout_ms = number(key, text)?,
+            "max_pending_connections" => self.max_pending_connections = count(key, text)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -1056,7 +1122,7 @@ impl Config {
         }
         self.validate_api_keys()?;
 
-        let numbers: [(&str, u64); 16] = [
+        let numbers: [(&str, u64); 20] = [
             ("jwt_leeway_seconds", self.jwt_leeway_seconds),
             ("max_per_user", self.max_per_user as u64),
             ("max_total", self.max_total as u64),
@@ -1073,6 +1139,13 @@ impl Config {
             ("event_log_max", self.event_log_max as u64),
             ("cache_capacity_bytes", self.cache_capacity_bytes),
             ("flush_interval_ms", self.flush_interval_ms.unwrap_or(1)),
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_idle_timeout_ms", self.http_idle_timeout_ms),
+            ("http_body_timeout_ms", self.http_body_timeout_ms),
+            (
+                "max_pending_connections",
+                self.max_pending_connections as u64,
+            ),
         ];
         for (key, value) in numbers {
             check_range(key, value)?;
@@ -1547,5 +1620,44 @@ permissions = ["read", "sessions"]
             e.contains("admin_api_key") && !e.contains("secret\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_bounds() {
+        let c = Config::default();
+        assert_eq!(c.http_header_timeout_ms, 10_000);
+        assert_eq!(c.http_idle_timeout_ms, 30_000);
+        assert_eq!(c.http_body_timeout_ms, 30_000);
+        assert_eq!(c.max_pending_connections, 8192);
+        let c = load_toml(
+            "http_header_timeout_ms = 1\nhttp_idle_timeout_ms = 2\n\
+             http_body_timeout_ms = 3\nmax_pending_connections = 4",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.http_header_timeout_ms,
+                c.http_idle_timeout_ms,
+                c.http_body_timeout_ms,
+                c.max_pending_connections
+            ),
+            (1, 2, 3, 4)
+        );
+        let cli = TestCli::try_parse_from(["tether", "--http-idle-timeout-ms", "1500"]).unwrap();
+        assert_eq!(
+            Config::load(None, &cli.args).unwrap().http_idle_timeout_ms,
+            1500
+        );
+        for key in [
+            "http_header_timeout_ms",
+            "http_idle_timeout_ms",
+            "http_body_timeout_ms",
+            "max_pending_connections",
+        ] {
+            let e = err_toml(&format!("{key} = 0"));
+            assert!(e.contains(key) && e.contains("\"0\""), "{e}");
+        }
+        let e = err_toml("http_header_timeout_ms = 315360000001");
+        assert!(e.contains("from 1 to"), "{e}");
     }
 }

@@ -4,7 +4,9 @@
 //! # A walk through the layout
 //!
 //! A request arrives at the listener in [`server`], which owns the accept loop, the
-//! background tasks (expiry sweeper, session reactor) and graceful shutdown. `GET /ws` goes to
+//! background tasks (expiry sweeper, session reactor) and graceful shutdown. Each accepted
+//! connection is served by [`listener`]: its timeouts, the cap on unauthenticated ones, the
+//! open-file reserve, and what is refused before any route sees it. `GET /ws` goes to
 //! [`transport::ws`], which performs the WebSocket upgrade itself (to choose small socket
 //! buffers) and runs one connection's state machine; `GET /sse` goes to [`transport::sse`];
 //! every other route is in [`api`], one `match` over method and path.
@@ -44,6 +46,7 @@ pub mod config;
 pub mod durability;
 pub mod error;
 pub mod events;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod panics;

@@ -2,18 +2,15 @@
 //!
 //! The listener is ours rather than warp's: we set `TCP_NODELAY` (small frames must not wait
 //! for Nagle), record each peer address, send `/ws` to our own upgrade (so we choose the
-//! WebSocket buffers), and everything else to warp's routes.
+//! WebSocket buffers), and everything else to warp's routes. Each accepted connection is
+//! served by [`crate::listener`], which holds its timeouts and limits.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tower_service::Service;
-use warp::http::Request;
 
 use crate::app::App;
 use crate::auth::Authenticator;
@@ -25,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::registry::{Limits, Registry};
 use crate::sessions::Sessions;
 use crate::store::{lock_data_dir, Store, StoreError};
-use crate::transport::PeerAddr;
 
 /// Events kept per bus channel for a subscriber that falls behind.
 const BUS_CAPACITY: usize = 65_536;
@@ -206,52 +202,21 @@ async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let routes = warp::service(crate::api::routes(app.clone()));
+    // Timeouts, the pending cap and the file reserve: see `crate::listener`.
+    let admission = crate::listener::Admission::new(&app.config);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    admission.accept_failed(&e).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let routes = routes.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let app = app.clone();
-                let mut routes = routes.clone();
-                async move {
-                    if req.uri().path() == "/ws" {
-                        crate::transport::ws::handle(app, req).await
-                    } else {
-                        routes.call(req).await
-                    }
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_WAIT, conn).await;
-                }
-            }
-        });
+        let conn = admission.admit(tcp, peer);
+        tokio::spawn(conn.serve(app.clone(), routes.clone(), stop.clone()));
     }
 }
 

@@ -31,7 +31,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -43,6 +42,7 @@ use super::outbox::Outbox;
 use super::{authenticate, new_conn, welcome, Handshake, PeerAddr, Presented};
 use crate::app::App;
 use crate::error::{Disconnect, Fate};
+use crate::listener::Pending;
 use crate::metrics::Metrics;
 use crate::model::{ConnType, EventType};
 use crate::registry::{Live, ResumeRequest};
@@ -161,6 +161,7 @@ pub async fn handle(
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let hs = Handshake::from_request(&app, req.headers(), req.uri().query(), peer);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let pending = Pending::take(&mut req);
 
     let guard = app.tasks.enter();
     tokio::spawn(async move {
@@ -178,11 +179,11 @@ pub async fn handle(
             .max_frame_size(Some(app.config.max_message_bytes));
         // The listener serves plain TCP streams, so the downcast holds; the bytes hyper read
         // past the request (a client that did not wait for the 101) are tungstenite's first.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<crate::listener::Watched>>() else {
             tracing::error!("WebSocket upgrade on a stream that is not TCP");
             return;
         };
-        let (read, write) = parts.io.into_inner().into_split();
+        let (read, write) = parts.io.into_inner().into_inner().into_split();
         let live = Live::wired(Outbox::wired(
             app.config.outbound_queue_bytes,
             write,
@@ -199,7 +200,7 @@ pub async fn handle(
             Some(config),
         )
         .await;
-        if let Some(ws) = establish(&app, ws, &live, hs).await {
+        if let Some(ws) = establish(&app, ws, &live, hs, pending).await {
             tokio::spawn(async move {
                 serve(app, ws, live).await;
                 drop(guard);
@@ -322,10 +323,11 @@ async fn establish(
     mut ws: Socket,
     live: &Arc<Live>,
     mut hs: Handshake,
+    pending: Option<Pending>,
 ) -> Option<Socket> {
     let (cred, resume) = match hs.credential.take() {
         Some(c) => (c, hs.resume.take()),
-        None => match first_frame_auth(app, &mut ws).await {
+        None => match Pending::guard(&pending, first_frame_auth(app, &mut ws)).await {
             Ok((c, r)) => (c, r.or(hs.resume.take())),
             Err(d) => {
                 Metrics::inc(&app.metrics.auth_failures);
@@ -341,6 +343,7 @@ async fn establish(
             return None;
         }
     };
+    drop(pending);
     let new = new_conn(app, &hs, identity, ConnType::WebSocket, resume);
     let (id, linked_session) = (new.id, new.session_id.clone());
     let reg = match app.registry.register(new) {
