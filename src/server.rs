@@ -70,7 +70,12 @@ pub async fn run_until(
     mut config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    // The lock comes first: a second server on this directory must touch nothing.
+    // The address comes first: a server that cannot listen must not create or change anything
+    // in the data directory. Then the lock: a second server on it must touch nothing.
+    let socket = bind(config.listen).map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let lock = lock_data_dir(&config.data_dir)?;
     let (secrets, created) = crate::secrets::load_or_create(&config.data_dir)
         .map_err(|e| ServeError::Secrets(e.to_string()))?;
@@ -84,7 +89,7 @@ pub async fn run_until(
     let auth = Authenticator::new(&config).map_err(|e| ServeError::Auth(e.to_string()))?;
     let store = Store::open(&config, lock)?;
 
-    let listener = listen(config.listen).map_err(|source| ServeError::Listen {
+    let listener = socket.listen(4096).map_err(|source| ServeError::Listen {
         addr: config.listen,
         source,
     })?;
@@ -183,9 +188,10 @@ pub async fn run_until(
     Ok(())
 }
 
-/// Binds with a deep accept queue: after a restart every client reconnects at once, and
-/// the default backlog (128) would make most of them wait a SYN retry (about a second).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the listening address; `listen` follows once the store is open. The accept queue is
+/// deep (4096): after a restart every client reconnects at once, and the default backlog
+/// (128) would make most of them wait a SYN retry (about a second).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -193,7 +199,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    Ok(socket)
 }
 
 async fn accept_loop(

@@ -360,3 +360,31 @@ async fn head_answers_like_get_without_a_body() {
     assert_eq!(status_of(&head), 200, "{head}");
     assert_eq!(body, r#"{"status":"ok"}"#);
 }
+
+// ----- the process ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_failed_bind_leaves_a_fresh_data_directory_untouched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fresh");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--listen", &addr, "--data-dir", arg(&dir)])
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("a failed bind fails at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("cannot listen") && text.contains(&addr),
+        "{text}"
+    );
+    assert!(!dir.exists(), "nothing was created in {}", dir.display());
+}
