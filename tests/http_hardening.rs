@@ -388,3 +388,28 @@ async fn a_failed_bind_leaves_a_fresh_data_directory_untouched() {
     );
     assert!(!dir.exists(), "nothing was created in {}", dir.display());
 }
+
+#[tokio::test]
+async fn a_clean_stop_removes_the_lock_file_and_keeps_the_store() {
+    let mut server = Server::start(&[]).await;
+    let lock = server.dir.join("tether.lock");
+    assert!(lock.exists());
+    let (s, session) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            json!({"userId": "kept"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(server.stop().await, Some(0));
+    assert!(!lock.exists(), "tether.lock is removed on a clean stop");
+
+    server.restart().await;
+    assert!(lock.exists());
+    let id = session["sessionId"].as_str().unwrap();
+    let (s, again) = server.get_json(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(s, 200, "{again}");
+    // The lock still works: a second server on the directory fails.
+    assert!(common::spawn(&server.dir, &[]).await.is_err());
+}
