@@ -210,6 +210,7 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     if let Err(e) = init_tracing(&config) {
         return usage_error(e);
     }
+    tether::panics::install();
     for var in &unknown {
         tracing::warn!("{var}");
     }

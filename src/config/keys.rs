@@ -202,6 +202,16 @@ config_keys! {
     log_level: Option<String> = None => Logging "FILTER" { shown: "info" }
     /// Require an API key with read or admin permission for /metrics
     metrics_require_key: bool = false => Server "BOOL" {}
+    /// Milliseconds from accept (or a kept-alive connection's next request's first byte) to
+    /// the request's complete headers
+    http_header_timeout_ms: u64 = 10_000 => Server "MS" { max: MAX_MILLIS }
+    /// Milliseconds a kept-alive connection may stay silent between requests
+    http_idle_timeout_ms: u64 = 30_000 => Server "MS" { max: MAX_MILLIS }
+    /// Milliseconds from a request's headers to the end of its body (408 past it)
+    http_body_timeout_ms: u64 = 30_000 => Server "MS" { max: MAX_MILLIS }
+    /// Connections without a completed request, upgrade or first-frame auth; one more
+    /// closes the oldest
+    max_pending_connections: usize = 8192 => Server "N" {}
     /// Redis for cluster mode: redis://, rediss:// or unix://. Cluster mode generates no
     /// secrets: jwt_secret (or jwt_public_key_file) and admin_api_key must be configured
     redis_url: Option<String> = None => Cluster "URL" { show: Show::Url }
