@@ -8,11 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
+use warp::http::{Method, Request, Response};
 
 use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
+use crate::listener::{boxed, Inner, PeerAddr, RequestBody};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::{lock_data_dir, EmbeddedStore, StoreError};
@@ -158,12 +166,68 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
+/// What every request reaches once the listener has let it through: `/ws` and `/sse` open
+/// connections (their transports answer them), everything else is a warp route.
+#[derive(Clone)]
+struct App<R> {
+    node: Arc<Node>,
+    routes: R,
+}
+
+impl<R> tower_service::Service<Request<RequestBody>> for App<R>
+where
+    R: tower_service::Service<
+            Request<RequestBody>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    R::Future: Send,
+{
+    type Response = Response<Inner>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Inner>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let node = self.node.clone();
+        let mut routes = self.routes.clone();
+        Box::pin(async move {
+            let path = req.uri().path();
+            Ok(if path == "/ws" {
+                let Ok(r) = crate::transport::ws::handle(node, req).await;
+                boxed(r)
+            } else if path == "/sse" && req.method() == Method::GET {
+                // An event stream is served here rather than by a warp route: its body is
+                // the connection's own pipe.
+                let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+                crate::transport::sse::handle(node, req.headers(), req.uri().query(), peer)
+                    .await
+                    .into_response(|b| match b {
+                        Ok(stream) => stream.map_err(|e| match e {}).boxed(),
+                        Err(json) => Full::new(json).map_err(|e| match e {}).boxed(),
+                    })
+            } else {
+                let Ok(r) = routes.call(req).await;
+                boxed(r)
+            })
+        })
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     node: Arc<Node>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let routes = warp::service(crate::api::routes(node.clone()));
+    let routes = App {
+        node: node.clone(),
+        routes: warp::service(crate::api::routes(node.clone())),
+    };
     // Timeouts, the pending cap and the file reserve: see `crate::listener`.
     let admission = crate::listener::Admission::new(&node.config);
     let mut stopped = stop.clone();
@@ -179,6 +243,6 @@ async fn accept_loop(
             _ = stopped.changed() => return,
         };
         let conn = admission.admit(tcp, peer);
-        tokio::spawn(conn.serve(node.clone(), routes.clone(), stop.clone()));
+        tokio::spawn(conn.serve(routes.clone(), stop.clone()));
     }
 }

@@ -21,13 +21,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
-use warp::http::Request;
+use warp::http::{Request, Response};
 
 use super::admission::Admitted;
 use super::clock::{instant, now_ms};
-use super::front::{Front, RequestBody};
+use super::front::{Front, Inner, RequestBody};
 use super::Timeouts;
-use crate::node::Node;
 
 /// How long graceful shutdown lets a connection finish its request.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -232,11 +231,11 @@ impl AsyncWrite for Watched {
 impl Admitted {
     /// Serves the connection until it closes, is upgraded, runs out of time, is shed, or the
     /// server stops (then it may finish its request, for a while).
-    pub async fn serve<S>(self, node: Arc<Node>, routes: S, mut stop: watch::Receiver<bool>)
+    pub async fn serve<S>(self, routes: S, mut stop: watch::Receiver<bool>)
     where
         S: tower_service::Service<
                 Request<RequestBody>,
-                Response = warp::reply::Response,
+                Response = Response<Inner>,
                 Error = Infallible,
             > + Clone
             + Send
@@ -256,7 +255,7 @@ impl Admitted {
                 tcp,
                 slot: slot.clone(),
             });
-            let front = Front::new(node, routes, peer, slot.clone(), admission.clone());
+            let front = Front::new(routes, peer, slot.clone(), admission.clone());
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, front)
                 .with_upgrades();

@@ -21,11 +21,12 @@ use warp::reply::Reply;
 use super::admission::{Admission, Pending};
 use super::clock::instant;
 use super::connection::Slot;
-use crate::node::Node;
-use crate::transport::PeerAddr;
+
+/// The peer address of an HTTP connection, put into request extensions for the routes.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 pub(super) struct Front<S> {
-    node: Arc<Node>,
     routes: S,
     peer: SocketAddr,
     slot: Arc<Slot>,
@@ -34,14 +35,12 @@ pub(super) struct Front<S> {
 
 impl<S> Front<S> {
     pub(super) fn new(
-        node: Arc<Node>,
         routes: S,
         peer: SocketAddr,
         slot: Arc<Slot>,
         admission: Arc<Admission>,
     ) -> Self {
         Front {
-            node,
             routes,
             peer,
             slot,
@@ -52,11 +51,8 @@ impl<S> Front<S> {
 
 impl<S> hyper::service::Service<Request<Incoming>> for Front<S>
 where
-    S: tower_service::Service<
-            Request<RequestBody>,
-            Response = warp::reply::Response,
-            Error = Infallible,
-        > + Clone
+    S: tower_service::Service<Request<RequestBody>, Response = Response<Inner>, Error = Infallible>
+        + Clone
         + Send
         + Sync
         + 'static,
@@ -67,7 +63,6 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let node = self.node.clone();
         let routes = self.routes.clone();
         let slot = self.slot.clone();
         let admission = self.admission.clone();
@@ -77,7 +72,7 @@ where
         // Counts the response as written even if hyper drops this future unanswered.
         let written = Written::new(&slot, &admission);
         Box::pin(async move {
-            let res = serve(node, routes, peer, &slot, &admission, req).await;
+            let res = serve(routes, peer, &slot, &admission, req).await;
             let res = if slot.body_timed_out.swap(false, Relaxed) {
                 boxed(closing(error(
                     StatusCode::REQUEST_TIMEOUT,
@@ -102,7 +97,6 @@ where
 }
 
 async fn serve<S>(
-    node: Arc<Node>,
     mut routes: S,
     peer: SocketAddr,
     slot: &Arc<Slot>,
@@ -110,41 +104,22 @@ async fn serve<S>(
     mut req: Request<Incoming>,
 ) -> Response<Inner>
 where
-    S: tower_service::Service<
-            Request<RequestBody>,
-            Response = warp::reply::Response,
-            Error = Infallible,
-        > + Send,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<Inner>, Error = Infallible>
+        + Send,
     S::Future: Send,
 {
     if let Some(refusal) = refuse_early(&mut req, admission.max_body_bytes) {
         return boxed(refusal);
     }
     req.extensions_mut().insert(PeerAddr(peer));
+    if req.uri().path() == "/ws" && slot.pending.load(Relaxed) {
+        req.extensions_mut().insert(Pending::cell(slot, admission));
+    }
     let handled = AssertUnwindSafe(async {
-        if req.uri().path() == "/ws" {
-            if slot.pending.load(Relaxed) {
-                req.extensions_mut().insert(Pending::cell(slot, admission));
-            }
-            let Ok(res) = crate::transport::ws::handle(node, req).await;
-            boxed(res)
-        } else if req.uri().path() == "/sse" && req.method() == Method::GET {
-            // An event stream is served here rather than by a warp route: its body is the
-            // connection's own pipe.
-            crate::transport::sse::handle(node, req.headers(), req.uri().query(), Some(peer))
-                .await
-                .into_response(|b| match b {
-                    Ok(stream) => stream.map_err(|e| match e {}).boxed(),
-                    Err(json) => http_body_util::Full::new(json)
-                        .map_err(|e| match e {})
-                        .boxed(),
-                })
-        } else {
-            let deadline = slot.request_at() + admission.timeouts.body_ms;
-            let req = req.map(|body| RequestBody::new(body, slot.clone(), deadline));
-            let Ok(res) = routes.call(req).await;
-            boxed(res)
-        }
+        let deadline = slot.request_at() + admission.timeouts.body_ms;
+        let req = req.map(|body| RequestBody::new(body, slot.clone(), deadline));
+        let Ok(res) = routes.call(req).await;
+        res
     })
     .catch_unwind()
     .await;
@@ -159,9 +134,9 @@ where
 }
 
 /// The body of every response: warp's, an SSE stream's, or a small JSON refusal.
-pub(super) type Inner = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Inner = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-fn boxed(r: warp::reply::Response) -> Response<Inner> {
+pub fn boxed(r: warp::reply::Response) -> Response<Inner> {
     r.map(|b| b.map_err(Into::into).boxed())
 }
 

@@ -14,9 +14,7 @@ use warp::http::HeaderMap;
 use crate::config::Config;
 use crate::node::{Handshake, Presented, ResumeRequest};
 
-/// The peer address of an HTTP connection, put into request extensions by the listener.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub use crate::listener::PeerAddr;
 
 /// Parses a query string into decoded pairs.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {

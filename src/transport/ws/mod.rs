@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 pub mod conn;
 pub mod wire;
 
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
@@ -79,9 +78,9 @@ const READ_BUFFER: usize = 1024;
 
 /// Answers `GET /ws`: validates the upgrade request, replies 101 and spawns the connection
 /// task; anything else gets a plain JSON error, never a hang.
-pub async fn handle(
+pub async fn handle<B>(
     node: Arc<Node>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<warp::reply::Response, Infallible> {
     let error = |code: ErrorCode, message: &str| {
         let e = ApiError::new(code, message);
