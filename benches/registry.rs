@@ -131,6 +131,8 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
         trees.db.clone(),
         Durability::Relaxed,
         Duration::from_millis(500),
+        Duration::from_secs(5),
+        tether::space::Space::start(dir, Some(0)),
     );
     let limits = Limits {
         max_per_user: 1_000,

@@ -78,6 +78,20 @@ impl ApiError {
         }
     }
 
+    /// A connection the store cannot register now (`/ws` before the upgrade, `/sse`):
+    /// always 503, the status a client retries, with the store's code.
+    pub fn store_refused_connect(code: ErrorCode) -> Self {
+        let message = if code == ErrorCode::InsufficientStorage {
+            "the server cannot store changes right now (disk full); retry later"
+        } else {
+            "the server cannot store changes right now; retry later"
+        };
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            ..Self::new(code, message)
+        }
+    }
+
     pub fn body(&self) -> serde_json::Value {
         let mut body = ErrorBody::api(self.code, &self.message);
         body.close_code = self.close_code;
@@ -89,6 +103,18 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(why) => ApiError::unavailable(why),
+            StoreError::Refused { code, message, .. } => ApiError::new(code, message),
+            // The disk filled under sled (the free-space guard was off or outrun): say so,
+            // rather than "internal".
+            StoreError::Sled(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                tracing::error!(error = %io, "the store ran out of disk space");
+                ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    "the disk holding the data directory is full",
+                )
+            }
             e => ApiError::internal(e),
         }
     }

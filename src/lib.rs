@@ -26,7 +26,8 @@
 //! `seq`, replay buffers, resume tokens, limits), sessions and the event log. Its first
 //! implementation is [`store::embedded`]: sled under the data directory, records in memory
 //! and written through, values encoded by [`codec`] (bincode behind a version byte) and made
-//! durable by group commit ([`durability`]).
+//! durable by group commit ([`durability`]); [`space`] keeps it from ever filling its disk
+//! (below a reserve of free space, writes are refused until space is back).
 //!
 //! Changes travel over the [`bus`] as typed events (`session:*`, `connection:events`, and
 //! commands addressed to a node); the node's reactor turns them into frames and closes.
@@ -54,6 +55,7 @@ pub mod panics;
 pub mod protocol;
 pub mod secrets;
 pub mod server;
+pub mod space;
 pub mod store;
 pub mod sync;
 pub mod time;

@@ -227,10 +227,19 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.
     match runtime() {
-        Ok(rt) => finish(rt.block_on(tether::server::run(config))),
+        Ok(rt) => {
+            let result = rt.block_on(tether::server::run(config));
+            // Dropping the runtime would wait for every blocking task, and a store flush stuck
+            // in sled never ends (see tether::durability): give them a moment, then go.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
+            finish(result)
+        }
         Err(e) => finish(Err(format!("cannot start the async runtime: {e}"))),
     }
 }
+
+/// How long `serve` waits for the runtime's tasks after the server stopped.
+const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Log filter: `RUST_LOG` if set, else `log_level`, else `info`.
 fn init_tracing(config: &Config) -> Result<(), ConfigError> {

@@ -72,6 +72,7 @@ pub async fn run_until(
     mut config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    tokio::pin!(stop);
     // The address comes first: a server that cannot listen must not create or change anything
     // in the data directory. Then the lock: a second server on it must touch nothing.
     let socket = bind(config.listen).map_err(|source| ServeError::Listen {
@@ -118,6 +119,18 @@ pub async fn run_until(
     let acceptor = tokio::spawn(accept_loop(listener, node.clone(), stop_accepting));
     tracing::info!("listening on http://{addr}");
 
+    // Recovery writes (every stored connection becomes Detached): on a disk under its reserve
+    // they could be the writes that fill it, so wait for room, not ready, still stoppable.
+    tokio::select! {
+        () = store.writable() => {}
+        () = &mut stop => {
+            let _ = stop_accepting_tx.send(true);
+            let _ = node.stopping.send(true);
+            let _ = acceptor.await;
+            tracing::info!("stopped before recovery");
+            return Ok(());
+        }
+    }
     let report = node
         .recover()
         .await
@@ -132,7 +145,7 @@ pub async fn run_until(
     node.set_ready(true);
     tracing::info!(node = node.id(), durability = ?node.config.durability, data_dir = %node.config.data_dir.display(), "ready");
 
-    stop.await;
+    (&mut stop).await;
     tracing::info!("shutting down: closing sockets with 1001");
     let _ = stop_accepting_tx.send(true);
     let closing = node.shutdown(SHUTDOWN_WAIT).await;

@@ -21,13 +21,18 @@ pub async fn route_open(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response> {
     let m = &ctx.req.method;
     match (m, seg) {
         (&Method::GET, ["health"]) => ok(&json!({"status": "ok"})),
-        (&Method::GET, ["ready"]) => Ok(if ctx.node.is_ready() {
-            json_reply(StatusCode::OK, &json!({"status": "ready"}))
-        } else {
-            json_reply(
+        (&Method::GET, ["ready"]) => Ok(match ctx.node.writable() {
+            // Not ready for traffic that writes (nor, at start-up, for recovery); reads and
+            // /health still answer.
+            Err((code, reason)) => json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unwritable", "code": code, "reason": reason}),
+            ),
+            Ok(()) if !ctx.node.is_ready() => json_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "starting"}),
-            )
+            ),
+            Ok(()) => json_reply(StatusCode::OK, &json!({"status": "ready"})),
         }),
         (&Method::GET, ["metrics"]) => {
             if ctx.node.config.metrics_require_key {

@@ -194,6 +194,11 @@ config_keys! {
     }
     /// sled's page cache, in bytes
     cache_capacity_bytes: u64 = 67_108_864 => Storage "N" { min: 0 }
+    /// Refuse writes while less than this many bytes are free on the data directory's disk;
+    /// 0 never refuses
+    disk_reserve_bytes: Option<u64> = None => Storage "N" { min: 0, shown: "67108864, or an eighth of the disk if less" }
+    /// Longest wait for a store flush, in milliseconds; slower ones fail their writes
+    flush_timeout_ms: u64 = 5_000 => Storage "MS" { max: MAX_MILLIS }
     /// Take the client address from the first X-Forwarded-For hop (behind a proxy only)
     trust_proxy: bool = false => Server "BOOL" {}
     /// pretty or json

@@ -52,6 +52,11 @@ impl Config {
         };
         Duration::from_millis(self.flush_interval_ms.unwrap_or(default))
     }
+
+    /// Longest wait for a store flush (`flush_timeout_ms`).
+    pub fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.flush_timeout_ms)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

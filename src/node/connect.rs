@@ -330,18 +330,18 @@ impl Node {
 
 /// A store that cannot take a connection now: the client may retry (1013).
 fn unavailable(e: &crate::store::StoreError) -> Disconnect {
-    tracing::error!(error = %e, "a connection was refused: the store failed");
-    Disconnect::new(
-        crate::protocol::CloseCode::ServerFull,
-        "server unavailable; retry shortly",
-    )
+    tracing::error!(error = %e, "a connection was refused: the store cannot take it");
+    let reason = match e {
+        crate::store::StoreError::Refused { .. } => {
+            "server cannot store connections right now; retry later"
+        }
+        _ => "server unavailable; retry shortly",
+    };
+    Disconnect::new(crate::protocol::CloseCode::ServerFull, reason)
 }
 
 /// The `error` frame's code and message for a write the store refused.
 fn store_refused(e: &crate::store::StoreError) -> (ErrorCode, String) {
     tracing::error!(error = %e, "a connection's write was refused by the store");
-    match e {
-        crate::store::StoreError::Unavailable(why) => (ErrorCode::Unavailable, why.clone()),
-        _ => (ErrorCode::Internal, "the store refused the write".into()),
-    }
+    e.for_client()
 }

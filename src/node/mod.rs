@@ -87,6 +87,16 @@ impl Node {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// Whether the store takes writes now: the code and the operator's reason when not.
+    pub fn writable(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        self.stores.admin.healthy()
+    }
+
+    /// [`Node::writable`], asked before a connection is upgraded: a refusal is counted.
+    pub fn admit_write(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        self.stores.admin.admit_write()
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }

@@ -351,6 +351,8 @@ impl Node {
         for (name, help, v) in self.stores.admin.figures() {
             gauges.push((name, help, vec![(String::new(), v)]));
         }
-        self.metrics.render(&gauges)
+        let mut text = self.metrics.render(&gauges);
+        self.stores.admin.render_metrics(&mut text);
+        text
     }
 }

@@ -16,6 +16,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     InvalidValue,
     Unavailable,
+    /// The disk holding the data directory is nearly full (507).
+    InsufficientStorage,
+    /// A store flush ran past `flush_timeout_ms` (503).
+    StoreStalled,
+    /// The store failed a write and refuses further ones until restarted (503).
+    StoreFailed,
     Internal,
     // Frame errors (WebSocket `error` frames).
     BadFrame,
@@ -37,6 +43,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidValue => "invalid_value",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::StoreStalled => "store_stalled",
+            ErrorCode::StoreFailed => "store_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::RateLimited => "rate_limited",
@@ -58,7 +67,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidValue => 422,
             ErrorCode::RateLimited => 429,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::StoreStalled | ErrorCode::StoreFailed => 503,
+            ErrorCode::InsufficientStorage => 507,
             ErrorCode::Internal => 500,
         }
     }

@@ -54,6 +54,48 @@ pub enum StoreError {
     /// The store cannot take writes now (it may later): refused, never half done.
     #[error("{0}")]
     Unavailable(String),
+    /// The store refuses writes for a reason with its own code (a full disk: 507; a stalled
+    /// or failed flush: 503); the message is for the operator.
+    #[error("{message}")]
+    Refused {
+        code: crate::protocol::ErrorCode,
+        message: String,
+        /// Said to end users (sockets), without an operator's details.
+        client_message: &'static str,
+    },
+}
+
+impl From<crate::durability::StoreUnwritable> for StoreError {
+    fn from(e: crate::durability::StoreUnwritable) -> Self {
+        use crate::durability::StoreUnwritable as U;
+        use crate::protocol::ErrorCode;
+        let code = match e {
+            U::DiskFull { .. } => ErrorCode::InsufficientStorage,
+            U::FlushStalled { .. } => ErrorCode::StoreStalled,
+            U::Failed { .. } => ErrorCode::StoreFailed,
+        };
+        StoreError::Refused {
+            code,
+            message: e.to_string(),
+            client_message: e.client_message(),
+        }
+    }
+}
+
+impl StoreError {
+    /// The code and message of a refused write, as a socket's `error` frame says it.
+    pub fn for_client(&self) -> (crate::protocol::ErrorCode, String) {
+        use crate::protocol::ErrorCode;
+        match self {
+            StoreError::Refused {
+                code,
+                client_message,
+                ..
+            } => (*code, client_message.to_string()),
+            StoreError::Unavailable(why) => (ErrorCode::Unavailable, why.clone()),
+            _ => (ErrorCode::Internal, "the store refused the write".into()),
+        }
+    }
 }
 
 /// Limits the connection store enforces, from the configuration.
@@ -473,10 +515,18 @@ pub trait StoreAdmin: Send + Sync {
     async fn shutdown(&self) -> Result<(), StoreError>;
     /// Figures for `/metrics`: (name, help, value).
     fn figures(&self) -> Vec<(&'static str, &'static str, f64)>;
-    /// Whether the store takes writes now; the reason when it does not (`/ready`).
-    fn healthy(&self) -> Result<(), String> {
+    /// Whether the store takes writes now; the code and reason when it does not (`/ready`,
+    /// and connects refused before the upgrade).
+    fn healthy(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
         Ok(())
     }
+    /// [`StoreAdmin::healthy`], asked before a write that will be acknowledged (a connect
+    /// refused before its upgrade): a refusal is counted.
+    fn admit_write(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        self.healthy()
+    }
+    /// The store's own lines for `/metrics`.
+    fn render_metrics(&self, _out: &mut String) {}
     /// Whether this store is shared by several nodes (cluster mode).
     fn shared(&self) -> bool {
         false

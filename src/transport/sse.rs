@@ -82,6 +82,9 @@ pub async fn handle(
             "starting up; retry shortly",
         )));
     }
+    if let Err((code, _)) = node.admit_write() {
+        return Reply::Refused(ApiError::store_refused_connect(code));
+    }
     let mut hs = super::handshake(&node.config, headers, query, peer);
     let Some(cred) = hs.credential.take() else {
         return Reply::Refused(ApiError::refused(&Disconnect::unauthorized(

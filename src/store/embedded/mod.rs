@@ -47,8 +47,17 @@ impl EmbeddedStore {
         metrics: Arc<Metrics>,
         node: String,
     ) -> Result<EmbeddedStore, StoreError> {
+        // First: it deletes the ballast an earlier run left, which gives sled the room it
+        // needs to open a store on a disk that filled up meanwhile.
+        let space = crate::space::Space::start(&config.data_dir, config.disk_reserve_bytes);
         let trees = Trees::open(&config.data_dir, config.cache_capacity_bytes)?;
-        let flusher = Flusher::start(trees.db.clone(), config.durability, config.flush_interval());
+        let flusher = Flusher::start(
+            trees.db.clone(),
+            config.durability,
+            config.flush_interval(),
+            config.flush_timeout(),
+            space,
+        );
         let events = Arc::new(events::EventLog::open(
             trees.events.clone(),
             config.event_log_max,
@@ -77,6 +86,18 @@ impl EmbeddedStore {
             data_dir: config.data_dir.clone(),
             _lock: Arc::new(lock),
         })
+    }
+
+    /// Waits until the store takes writes (start-up recovery writes every record: on a disk
+    /// under its reserve those could be the writes that fill it).
+    pub async fn writable(&self) {
+        if self.flusher.writable().is_err() {
+            tracing::error!(
+                data_dir = %self.data_dir.display(),
+                "the store cannot take writes; start-up recovery waits until it can"
+            );
+            self.flusher.space().room().await;
+        }
     }
 
     /// The store's four faces, for the node.
@@ -125,10 +146,28 @@ impl StoreAdmin for EmbeddedStore {
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
-        let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.conns.persist_all()).await;
+        // Lazy fields (last activity, rate-limit windows) only; on a disk under its reserve
+        // they could be the writes that fill it.
+        if self.flusher.writable().is_ok() {
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.conns.persist_all()).await;
+        } else {
+            tracing::warn!("the store refuses writes: last-activity times are not written back");
+        }
         self.flusher.flush_now().await?;
         Ok(())
+    }
+
+    fn healthy(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        self.flusher.writable().map_err(refusal)
+    }
+
+    fn admit_write(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        self.flusher.admit().map_err(refusal)
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.flusher.render_metrics(out);
     }
 
     fn figures(&self) -> Vec<(&'static str, &'static str, f64)> {
@@ -145,6 +184,16 @@ impl StoreAdmin for EmbeddedStore {
             ),
         ]
     }
+}
+
+/// The code and the operator's reason of a write the store refuses.
+fn refusal(e: crate::durability::StoreUnwritable) -> (crate::protocol::ErrorCode, String) {
+    let reason = e.to_string();
+    let code = match StoreError::from(e) {
+        StoreError::Refused { code, .. } => code,
+        _ => crate::protocol::ErrorCode::Unavailable,
+    };
+    (code, reason)
 }
 
 /// The embedded store's cluster: one node, alive while it runs.

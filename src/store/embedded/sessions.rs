@@ -72,6 +72,11 @@ impl Sessions {
     async fn commit(&self) -> Result<(), StoreError> {
         self.inner.flusher.commit().await.map_err(StoreError::from)
     }
+
+    /// Refused before anything is written while the store cannot take writes.
+    fn admit_write(&self) -> Result<(), StoreError> {
+        self.inner.flusher.admit().map_err(StoreError::from)
+    }
 }
 
 fn event(s: &SessionRecord, source: Source, connection: Option<uuid::Uuid>) -> SessionEvent {
@@ -234,6 +239,7 @@ impl Inner {
 #[async_trait]
 impl SessionStore for Sessions {
     async fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError> {
+        self.admit_write()?;
         let s = self.inner.create(new)?;
         self.commit().await?;
         Ok(s)
@@ -248,12 +254,14 @@ impl SessionStore for Sessions {
         id: &str,
         patch: SessionPatch<'_>,
     ) -> Result<SessionRecord, SessionError> {
+        self.admit_write()?;
         let s = self.inner.update(id, patch)?;
         self.commit().await?;
         Ok(s)
     }
 
     async fn delete(&self, id: &str) -> Result<SessionRecord, SessionError> {
+        self.admit_write()?;
         let s = self.inner.delete(id)?;
         self.commit().await?;
         Ok(s)
@@ -264,6 +272,7 @@ impl SessionStore for Sessions {
     }
 
     async fn delete_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.admit_write()?;
         let n = self.inner.delete_user(user)?;
         self.commit().await?;
         Ok(n)

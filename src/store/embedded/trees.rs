@@ -66,7 +66,13 @@ pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
 
 fn write_pid(mut file: File, path: PathBuf) -> std::io::Result<DirLock> {
     file.set_len(0)?;
-    write!(file, "{}", std::process::id())?;
+    match write!(file, "{}", std::process::id()) {
+        // The pid is for people and tools; the lock is the file lock. A full disk (the
+        // store's free-space guard deletes its ballast right after this) must not keep the
+        // server from starting.
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {}
+        r => r?,
+    }
     Ok(DirLock { _file: file, path })
 }
 

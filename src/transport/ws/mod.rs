@@ -133,6 +133,15 @@ pub async fn handle<B>(
     if !node.is_ready() {
         return error(ErrorCode::Unavailable, "starting up; retry shortly");
     }
+    // A connection is a write (its record, then `welcome` once durable): refused before the
+    // upgrade while the store cannot take writes, with the store's code, always 503 (the
+    // status a client retries).
+    if let Err((code, _)) = node.admit_write() {
+        let e = ApiError::store_refused_connect(code);
+        return Ok(
+            warp::reply::with_status(warp::reply::json(&e.body()), e.status).into_response(),
+        );
+    }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let hs = super::handshake(&node.config, req.headers(), req.uri().query(), peer);
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -169,6 +169,13 @@ impl Conns {
         self.inner.flusher.commit().await.map_err(StoreError::from)
     }
 
+    /// Asked before a write that will be acknowledged: refused while the store cannot take
+    /// writes (a disk under its reserve, a stalled or failed flush), before anything is
+    /// written.
+    fn admit_write(&self) -> Result<(), StoreError> {
+        self.inner.flusher.admit().map_err(StoreError::from)
+    }
+
     /// Runs `f` on a blocking thread (work that scans every shard).
     async fn blocking<R: Send + 'static>(
         &self,

@@ -29,6 +29,7 @@ impl ConnStore for Conns {
     }
 
     async fn admit(&self, new: NewConn, _node: &str) -> Result<Admitted, AdmitError> {
+        self.admit_write()?;
         let admitted = self.inner.admit_locked(new)?;
         if let Err(e) = self.commit().await {
             // Never half admitted: the record goes, and with it its `max_total` slot.
@@ -58,6 +59,7 @@ impl ConnStore for Conns {
         d: &Disconnect,
         event: EventType,
     ) -> Result<Option<Removed>, StoreError> {
+        self.admit_write()?;
         let removed = self.inner.remove_now(id, d, event);
         if removed.is_some() {
             self.commit().await?;
@@ -71,6 +73,7 @@ impl ConnStore for Conns {
         d: &Disconnect,
         event: EventType,
     ) -> Result<Vec<Removed>, StoreError> {
+        self.admit_write()?;
         let ids: Vec<Uuid> = {
             let shard = lock(&self.inner.shards[self.inner.shard_of_user(user)]);
             shard.users.get(user).cloned().unwrap_or_default()
@@ -149,6 +152,7 @@ impl ConnStore for Conns {
         id: &Uuid,
         patch: MetadataPatch,
     ) -> Result<Option<(String, Value)>, StoreError> {
+        self.admit_write()?;
         let inner = &self.inner;
         let done = inner.with_entry(id, |e| {
             let mut rec = e.rec.clone();
@@ -180,6 +184,7 @@ impl ConnStore for Conns {
     }
 
     async fn extend_ttl(&self, id: &Uuid, ttl_seconds: u64) -> Result<Option<Value>, StoreError> {
+        self.admit_write()?;
         let inner = &self.inner;
         let done = inner.with_entry(id, |e| {
             let mut rec = e.rec.clone();
@@ -201,6 +206,7 @@ impl ConnStore for Conns {
         old_id: &Uuid,
         new_id: Uuid,
     ) -> Result<Result<(String, Value), MigrateError>, StoreError> {
+        self.admit_write()?;
         let inner = &self.inner;
         if inner.locate(&new_id).is_some() {
             return Ok(Err(MigrateError::Exists));
@@ -241,6 +247,9 @@ impl ConnStore for Conns {
         sockets: Sockets<'_>,
         durable: bool,
     ) -> Result<Delivery, StoreError> {
+        if durable {
+            self.admit_write()?;
+        }
         let d = self.inner.deliver(target, template, sockets)?;
         if durable && d.stored > 0 {
             self.commit().await?;
