@@ -24,8 +24,8 @@ use uuid::Uuid;
 use crate::model::{Assignment, Source};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
 
-pub use memory::MemoryBus;
 pub use self::redis::RedisBus;
+pub use memory::MemoryBus;
 
 /// The channels (names are the seed's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

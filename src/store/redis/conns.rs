@@ -266,7 +266,9 @@ impl ConnStore for RedisStore {
             resume_token: token,
             resumed,
             previous: if resumed { previous } else { None },
-            resume_error: str_of(&v, "resume_error").map(str::to_string).or(resume_error),
+            resume_error: str_of(&v, "resume_error")
+                .map(str::to_string)
+                .or(resume_error),
             replay_after,
             closing,
         })
@@ -346,7 +348,9 @@ impl ConnStore for RedisStore {
                 };
                 inner.events.log(*id, user, event, json!({"code": code}));
             }
-            Err(e) => tracing::error!(error = %e, connection = %id, "a connection's end was not stored"),
+            Err(e) => {
+                tracing::error!(error = %e, connection = %id, "a connection's end was not stored")
+            }
         }
     }
 
@@ -383,8 +387,7 @@ impl ConnStore for RedisStore {
     }
 
     async fn info(&self, id: &Uuid) -> Option<Value> {
-        logged("a connection lookup failed", self.inner.read_conn(id).await)
-            .map(|c| c.info())
+        logged("a connection lookup failed", self.inner.read_conn(id).await).map(|c| c.info())
     }
 
     async fn user(&self, id: &Uuid) -> Option<AuthUser> {
@@ -417,10 +420,13 @@ impl ConnStore for RedisStore {
                 &args!["session", session],
             )
             .await;
-        items(&logged("a session's connections were not read", read), "ids")
-            .iter()
-            .filter_map(|i| Uuid::parse_str(i.as_str()?).ok())
-            .collect()
+        items(
+            &logged("a session's connections were not read", read),
+            "ids",
+        )
+        .iter()
+        .filter_map(|i| Uuid::parse_str(i.as_str()?).ok())
+        .collect()
     }
 
     async fn list(&self, user: Option<&str>, after: Option<&Uuid>, limit: usize) -> Vec<Value> {
@@ -531,7 +537,8 @@ impl ConnStore for RedisStore {
 
     async fn extend_ttl(&self, id: &Uuid, ttl_seconds: u64) -> Result<Option<Value>, StoreError> {
         let now = now_ms();
-        let exp = now.saturating_add((ttl_seconds.min(i64::MAX as u64) as i64).saturating_mul(1000));
+        let exp =
+            now.saturating_add((ttl_seconds.min(i64::MAX as u64) as i64).saturating_mul(1000));
         let set = json!({"exp": exp.to_string(), "la": now.to_string()});
         Ok(self.inner.update(id, set, &[]).await?.map(|c| c.info()))
     }

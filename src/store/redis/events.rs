@@ -57,13 +57,7 @@ impl Queue {
     pub fn start(con: ConnectionManager, settings: &RedisSettings, script: redis::Script) -> Queue {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(
-            rx,
-            con,
-            settings.clone(),
-            script,
-            dropped.clone(),
-        ));
+        tokio::spawn(writer(rx, con, settings.clone(), script, dropped.clone()));
         Queue {
             tx,
             dropped,
@@ -91,7 +85,10 @@ impl Queue {
         if self.tx.try_send(Job::Event(event)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n + 1, "the event queue is full: connection events are dropped");
+                tracing::warn!(
+                    dropped = n + 1,
+                    "the event queue is full: connection events are dropped"
+                );
             }
         }
     }

@@ -19,6 +19,7 @@
 //! | `P:{u:U}:n` | HASH | the user's live and active counts |
 //! | `P:{u:U}:sessions`, `P:{u:U}:s:<sid>` | SET, HASH | the user's sessions |
 //! | `P:cid:<id>`, `P:sid:<sid>` | STRING | locators: the user of a connection, of a session |
+//! | `P:sc:<sid>` | STRING | the user whose connections are linked to session `sid` |
 //! | `P:users` | ZSET | users with connections (lexicographic, for paging) |
 //! | `P:total` | STRING | attached connections (`max_total`) |
 //! | `P:stats` | HASH | counts by state, transport and client version, users, for health |
@@ -191,28 +192,31 @@ impl RedisStore {
 }
 
 async fn connection(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url)
-        .map_err(|e| StoreError::Open {
-            dir: url.to_string(),
-            detail: e.to_string(),
-        })?;
+    let client = redis::Client::open(url).map_err(|e| StoreError::Open {
+        dir: url.to_string(),
+        detail: e.to_string(),
+    })?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout))
         .set_number_of_retries(2)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500));
-    timed(timeout * 2, "connecting", ConnectionManager::new_with_config(client, config))
-        .await
-        .map_err(|e| StoreError::Open {
-            dir: url.to_string(),
-            detail: e.to_string(),
-        })
+    timed(
+        timeout * 2,
+        "connecting",
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|e| StoreError::Open {
+        dir: url.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// A script's own arguments, as strings.
 macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
+    ($($a:expr),* $(,)?) => { [$($a.to_string()),*] };
 }
 pub(crate) use args;
 

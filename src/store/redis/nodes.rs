@@ -19,7 +19,11 @@ const CLAIM_MS: u64 = 30_000;
 impl Inner {
     /// Detaches every connection `node` holds (one `detached` event each, with `details`);
     /// returns how many.
-    pub(super) async fn detach_held(&self, node: &str, details: Value) -> Result<usize, StoreError> {
+    pub(super) async fn detach_held(
+        &self,
+        node: &str,
+        details: Value,
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
         loop {
             let v = self
@@ -36,7 +40,8 @@ impl Inner {
                 ) else {
                     continue;
                 };
-                self.events.log(id, user, EventType::Detached, details.clone());
+                self.events
+                    .log(id, user, EventType::Detached, details.clone());
                 n += 1;
             }
             if v.get("left").and_then(Value::as_u64).unwrap_or(0) == 0 {
@@ -99,7 +104,11 @@ impl NodeStore for RedisStore {
     async fn expired(&self) -> Result<Vec<String>, StoreError> {
         let inner = &self.inner;
         let v = inner
-            .run("listing dead nodes", &inner.scripts.nodes, &args!["expired"])
+            .run(
+                "listing dead nodes",
+                &inner.scripts.nodes,
+                &args!["expired"],
+            )
             .await?;
         Ok(items(&v, "nodes")
             .iter()
@@ -126,7 +135,11 @@ impl NodeStore for RedisStore {
             .await?;
         inner.node_gone(node).await?;
         if n > 0 {
-            tracing::info!(node, connections = n, "detached the connections of a dead node");
+            tracing::info!(
+                node,
+                connections = n,
+                "detached the connections of a dead node"
+            );
         }
         Ok(Some(n))
     }

@@ -208,7 +208,9 @@ pub fn new_conn_fields(
 
 /// A kept frame as the replay list holds it: `<seq>|<kind>|<rest>`, rendered.
 pub fn replay_entry(list: &str, e: &Value) -> Result<(u64, String), StoreError> {
-    let text = e.as_str().ok_or_else(|| bad(list, "an entry is not a string"))?;
+    let text = e
+        .as_str()
+        .ok_or_else(|| bad(list, "an entry is not a string"))?;
     let mut parts = text.splitn(3, '|');
     let (Some(seq), Some(kind), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad(list, "an entry is not `<seq>|<kind>|<rest>`"));

@@ -26,7 +26,12 @@ const UPDATE_TRIES: usize = 64;
 const SWEEP_BATCH: usize = 100;
 const SWEEP_ROUNDS: usize = 10;
 
-fn event(s: &SessionRecord, source: Source, connection: Option<uuid::Uuid>, ts: &str) -> SessionEvent {
+fn event(
+    s: &SessionRecord,
+    source: Source,
+    connection: Option<uuid::Uuid>,
+    ts: &str,
+) -> SessionEvent {
     SessionEvent {
         session_id: s.id.clone(),
         user_id: s.user_id.clone(),
@@ -55,11 +60,7 @@ impl Inner {
 
     /// Removes a session (deleted or expired), with its connections; false if it was not
     /// there to remove (or, for an expiry, no longer expired).
-    async fn remove_session(
-        &self,
-        s: &SessionRecord,
-        expire: bool,
-    ) -> Result<bool, StoreError> {
+    async fn remove_session(&self, s: &SessionRecord, expire: bool) -> Result<bool, StoreError> {
         let ts = rfc3339(now_ms());
         let (mode, channel, ev, why) = if expire {
             let e = BusEvent::SessionExpired(event(s, Source::Http, None, &ts));
@@ -282,7 +283,9 @@ impl SessionStore for RedisStore {
                     Some(_) => {}
                     None => {
                         let zrem = redis::cmd("ZREM").arg(&key).arg(sid).clone();
-                        inner.query::<i64>("dropping a session expiry", &zrem).await?;
+                        inner
+                            .query::<i64>("dropping a session expiry", &zrem)
+                            .await?;
                     }
                 }
             }
@@ -295,7 +298,9 @@ impl SessionStore for RedisStore {
 
     async fn count(&self) -> usize {
         let inner = &self.inner;
-        let cmd = redis::cmd("ZCARD").arg(inner.key("sessions:expiry")).clone();
+        let cmd = redis::cmd("ZCARD")
+            .arg(inner.key("sessions:expiry"))
+            .clone();
         inner
             .query::<usize>("counting sessions", &cmd)
             .await

@@ -31,6 +31,13 @@ local function session_conns_key(user, sid) return utag(user) .. ':sc:' .. sid e
 local function user_counts_key(user) return utag(user) .. ':n' end
 local function locator_key(id) return P .. ':cid:' .. id end
 local function node_conns_key(node) return P .. ':node:' .. node .. ':conns' end
+-- Whose connections a session's are (the session itself may live in no store at all).
+local function session_owner_key(sid) return P .. ':sc:' .. sid end
+local function session_owner(sid)
+  local u = redis.call('GET', session_owner_key(sid))
+  if not u then return nil end
+  return u
+end
 local function member(user, id) return user .. '\0' .. id end
 local STATS = P .. ':stats'
 local TOTAL = P .. ':total'
@@ -126,7 +133,10 @@ local function store(user, rec)
   redis.call('ZADD', USERS, 0, user)
   redis.call('SET', locator_key(rec.id), user)
   if rec.node ~= '' then redis.call('SADD', node_conns_key(rec.node), member(user, rec.id)) end
-  if rec.sid ~= '' then redis.call('SADD', session_conns_key(user, rec.sid), rec.id) end
+  if rec.sid ~= '' then
+    redis.call('SADD', session_conns_key(user, rec.sid), rec.id)
+    redis.call('SET', session_owner_key(rec.sid), user)
+  end
   redis.call('ZADD', EXPIRY, int(due(rec)), member(user, rec.id))
 end
 
@@ -137,7 +147,13 @@ local function unindex(user, rec)
   redis.call('ZREM', conns_key(user), rec.id)
   redis.call('DEL', locator_key(rec.id))
   if rec.node ~= '' then redis.call('SREM', node_conns_key(rec.node), member(user, rec.id)) end
-  if rec.sid ~= '' then redis.call('SREM', session_conns_key(user, rec.sid), rec.id) end
+  if rec.sid ~= '' then
+    local set = session_conns_key(user, rec.sid)
+    redis.call('SREM', set, rec.id)
+    if redis.call('SCARD', set) == 0 and session_owner(rec.sid) == user then
+      redis.call('DEL', session_owner_key(rec.sid))
+    end
+  end
   redis.call('ZREM', EXPIRY, member(user, rec.id))
 end
 

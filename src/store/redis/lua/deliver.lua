@@ -17,7 +17,7 @@ elseif mode == 'user' then
   user = what
   ids = redis.call('ZRANGE', conns_key(user), 0, -1)
 else
-  user = redis.call('GET', P .. ':sid:' .. what)
+  user = session_owner(what)
   if user then
     -- In connection order, so a fan-out is assigned as the embedded store assigns it.
     local members = redis.call('SMEMBERS', session_conns_key(user, what))

@@ -31,7 +31,7 @@ elseif mode == 'replay' then
   end
   return cjson.encode({replay = replay})
 else
-  local user = redis.call('GET', P .. ':sid:' .. what)
+  local user = session_owner(what)
   if not user then return '{"ids":[]}' end
   local ids = {}
   for _, id in ipairs(redis.call('SMEMBERS', session_conns_key(user, what))) do

@@ -14,7 +14,7 @@ elseif mode == 'user' then
   user = what
   ids = redis.call('ZRANGE', conns_key(user), 0, -1)
 else
-  user = redis.call('GET', P .. ':sid:' .. what)
+  user = session_owner(what)
   if user then ids = redis.call('SMEMBERS', session_conns_key(user, what)) end
 end
 if not user then return '{"removed":[]}' end

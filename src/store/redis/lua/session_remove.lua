@@ -41,5 +41,5 @@ for _, id in ipairs(redis.call('SMEMBERS', set)) do
     removed[#removed + 1] = {id = id, user = user, node = node}
   end
 end
-redis.call('DEL', set)
+redis.call('DEL', set, session_owner_key(sid))
 return cjson.encode({session = s, removed = removed})
