@@ -3,11 +3,14 @@
 //!
 //! # A walk through the layout
 //!
-//! A request arrives at the listener in [`server`], which owns the accept loop, wires the
-//! pieces together and shuts them down cleanly. `GET /ws` goes to [`transport::ws`], which
-//! performs the WebSocket upgrade itself (to choose small socket buffers) and runs one
-//! connection's state machine ([`transport::ws::conn`]); `GET /sse` goes to
-//! [`transport::sse`]; every other route is in [`api`], one module per resource.
+//! A request arrives at the listener in [`server`], which wires the pieces together and
+//! shuts them down cleanly. Each accepted connection is served by [`listener`]: its
+//! timeouts, the cap on unauthenticated ones, the open-file reserve, and what is refused
+//! before any route sees it. `GET /ws` goes to [`transport::ws`], which performs the
+//! WebSocket upgrade itself (to choose small socket buffers) and runs one connection's state
+//! machine ([`transport::ws::conn`]); `GET /sse` goes to [`transport::sse`]; every other
+//! route is in [`api`], one module per resource. A panic anywhere is one log line
+//! ([`panics`]).
 //!
 //! Every transport and route talks to the [`node`]: the coordinator that owns the
 //! configuration ([`config`]), the authenticator ([`auth`]: JWT, API keys, and [`secrets`]
@@ -43,9 +46,11 @@ pub mod config;
 pub mod durability;
 pub mod error;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod panics;
 pub mod protocol;
 pub mod secrets;
 pub mod server;

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use tether::config::{
-    BackupArgs, Config, ConfigArgs, ConfigError, InspectArgs, LogFormat, RestoreArgs, PERMISSIONS,
+    BackupArgs, Config, ConfigArgs, ConfigError, InspectArgs, LogFormat, RestoreArgs,
 };
 use tether::secrets;
 
@@ -42,6 +42,11 @@ enum Command {
     /// if it does not exist yet).
     Token(TokenCmd),
     /// Print a new random API key and the config lines that enable it
+    ///
+    /// Prints only the key on stdout, so `KEY=$(tether apikey --permissions read)` works;
+    /// the lines that enable it go to stderr, as TOML for the config file (`2>> tether.toml`
+    /// appends them) with the TETHER_API_KEYS form in a comment. --permissions is required:
+    /// a key's power is always chosen, never a default.
     Apikey(ApikeyCmd),
     /// Write a consistent snapshot of a running server or of a stopped data directory
     Backup(BackupCmd),
@@ -90,9 +95,12 @@ struct ConfigSource {
 impl ConfigSource {
     /// The server's configuration as `serve` would see it, with `--data-dir` on top.
     fn load(&self) -> Result<Config, String> {
+        for var in tether::config::unknown_env_vars() {
+            eprintln!("warning: {var}");
+        }
         let mut args = ConfigArgs::from_env().map_err(|e| e.to_string())?;
-        if self.data_dir.is_some() {
-            args.data_dir = self.data_dir.clone();
+        if let Some(dir) = &self.data_dir {
+            args.set("data_dir", dir);
         }
         Config::load(self.config.as_deref(), &args).map_err(|e| e.to_string())
     }
@@ -103,13 +111,9 @@ struct ApikeyCmd {
     /// Name of the key; connections using it get user id apikey:<name>
     #[arg(long, value_name = "NAME", default_value = "app")]
     name: String,
-    /// Comma-separated permissions, among admin, sessions, read
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_delimiter = ',',
-        default_value = "admin"
-    )]
+    /// Comma-separated permissions, among admin (everything), sessions (the session routes)
+    /// and read (the GET routes); required
+    #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
     permissions: Vec<String>,
 }
 
@@ -192,12 +196,33 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: &ConfigArgs) -> ExitCode {
+    let unknown = tether::config::unknown_env_vars();
     let config = match Config::from_args(args) {
         Ok(config) => config,
-        Err(e) => return usage_error(e),
+        Err(e) => {
+            // A misspelt variable may be why a value is not what was meant.
+            for var in &unknown {
+                eprintln!("warning: {var}");
+            }
+            return usage_error(e);
+        }
     };
     if let Err(e) = init_tracing(&config) {
         return usage_error(e);
+    }
+    tether::panics::install();
+    for var in &unknown {
+        tracing::warn!("{var}");
+    }
+    // CLUSTER MODE PLACEHOLDER. Cluster mode (SPEC §10) is configured and validated (its
+    // secrets must be configured), but this build has no Redis-backed node yet. The cluster
+    // work replaces this check with that node; it must not call secrets::load_or_create,
+    // since a cluster generates no secrets.
+    if config.is_cluster() {
+        return finish(Err(
+            "cluster mode is not available in this build yet (redis_url is set); unset \
+             redis_url to run a single node",
+        ));
     }
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.
@@ -307,31 +332,36 @@ fn token_claims(cmd: &TokenCmd, config: &Config, now: u64) -> serde_json::Value 
 }
 
 fn apikey(cmd: &ApikeyCmd) -> ExitCode {
-    if cmd.name.trim().is_empty() {
-        return usage_error("--name must not be empty");
+    let key = tether::auth::new_api_key();
+    // The rules the server will apply to these lines, so a key printed is a key accepted.
+    let entry = (key.as_str(), cmd.name.as_str(), cmd.permissions.as_slice());
+    if let Some(p) = tether::auth::check_keys(None, [entry]).first() {
+        let flag = if p.field.ends_with(".name") {
+            "--name"
+        } else {
+            "--permissions"
+        };
+        return usage_error(format!("invalid {flag} {:?} ({})", p.text, p.expected));
     }
-    if let Some(p) = cmd
-        .permissions
-        .iter()
-        .find(|p| !PERMISSIONS.contains(&p.as_str()))
-    {
-        return usage_error(format!(
-            "invalid permission {p:?} (expected admin, sessions or read)"
-        ));
-    }
-    print!("{}", apikey_text(&secrets::new_api_key(), cmd));
+    println!("{key}");
+    eprint!("{}", apikey_config(&key, cmd));
     ExitCode::SUCCESS
 }
 
-fn apikey_text(key: &str, cmd: &ApikeyCmd) -> String {
+/// The lines that enable `key`: valid TOML for the config file, the environment form in
+/// a comment.
+fn apikey_config(key: &str, cmd: &ApikeyCmd) -> String {
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let permissions: Vec<String> = cmd.permissions.iter().map(|p| quote(p)).collect();
+    let (key, name, permissions) = (quote(key), quote(&cmd.name), permissions.join(", "));
+    let inline = format!("[{{key = {key}, name = {name}, permissions = [{permissions}]}}]");
+    // Single-quoted for a POSIX shell; a quote inside is closed, escaped and reopened.
+    let shell = format!("'{}'", inline.replace('\'', r"'\''"));
     format!(
-        "{key}\n\n# Add to the config file (--config) to enable it:\n\
-         [[api_keys]]\nkey = {}\nname = {}\npermissions = [{}]\n",
-        quote(key),
-        quote(&cmd.name),
-        permissions.join(", ")
+        "# Add to the config file (--config) to enable the key:\n\
+         [[api_keys]]\nkey = {key}\nname = {name}\npermissions = [{permissions}]\n\
+         # or set in the environment (this replaces the config file's api_keys):\n\
+         # TETHER_API_KEYS={shell}\n"
     )
 }
 
@@ -429,10 +459,10 @@ mod tests {
             panic!("not apikey")
         };
         let key = "tk_0123456789abcdefghij";
-        let text = apikey_text(key, &cmd);
-        assert!(text.starts_with("tk_0123456789abcdefghij\n"));
-        let toml_part: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
-        let parsed: toml::Table = toml::from_str(&toml_part).unwrap();
+        // The key alone goes to stdout (see tests/config.rs); these lines to stderr, and
+        // all of them are TOML, so they can be appended to a config file as they are.
+        let text = apikey_config(key, &cmd);
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
         let entry = &parsed["api_keys"][0];
         assert_eq!(entry["key"].as_str(), Some(key));
         assert_eq!(entry["name"].as_str(), Some("app"));

@@ -16,10 +16,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-
-use crate::config::{Config, API_KEY_MIN_LEN, API_KEY_PREFIX};
+use crate::config::Config;
 
 pub const FILE_NAME: &str = "secrets.toml";
 
@@ -55,19 +52,11 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-/// `bytes` random bytes from the OS, base64url without padding.
-///
-/// Panics only if the OS has no randomness to give, where nothing safe can be done.
-pub fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the operating system's random number generator failed");
-    URL_SAFE_NO_PAD.encode(buf)
-}
+/// Random bytes from the OS, base64url; made in `auth::crypto`.
+pub use crate::auth::random_token;
 
-/// A new API key: `tk_` and 32 random bytes, base64url.
-pub fn new_api_key() -> String {
-    format!("{API_KEY_PREFIX}{}", random_token(SECRET_BYTES))
-}
+/// A new API key; the rules for keys, and this, are in `auth::api_keys`.
+pub use crate::auth::new_api_key;
 
 /// Fills `config.jwt_secret` (HS* algorithms only) and `config.admin_api_key` from
 /// `secrets` where the configuration left them unset.
@@ -187,10 +176,10 @@ fn read_partial(file: &Path) -> Result<Option<Partial>, SecretsError> {
         match key.as_str() {
             "jwt_secret" => partial.jwt_secret = Some(s),
             "admin_api_key" => {
-                if !s.starts_with(API_KEY_PREFIX) || s.len() < API_KEY_MIN_LEN {
+                if !crate::auth::is_valid_api_key(&s) {
                     return Err(invalid(format!(
-                        "admin_api_key must start with {API_KEY_PREFIX:?} and be at least \
-                         {API_KEY_MIN_LEN} characters"
+                        "admin_api_key: {}",
+                        crate::auth::api_key_shape()
                     )));
                 }
                 partial.admin_api_key = Some(s)
@@ -299,6 +288,25 @@ fn warn_if_shared(_file: &Path) {}
 
 #[cfg(test)]
 mod tests {
+
+    /// The API-key rule of the config and the authenticator holds for the secrets file too.
+    #[test]
+    fn the_secrets_file_holds_to_the_one_api_key_rule() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let dir = tempfile::tempdir().unwrap();
+        for (key, ok) in [
+            ("tk_0123456789abcdef", false),
+            ("tk_0123456789abcdefg", true),
+        ] {
+            std::fs::write(
+                path(dir.path()),
+                format!("jwt_secret = \"{secret}\"\nadmin_api_key = \"{key}\"\n"),
+            )
+            .unwrap();
+            assert_eq!(read(dir.path()).is_ok_and(|s| s.is_some()), ok, "{key}");
+        }
+    }
+
     use super::*;
     use crate::config::JwtAlgorithm;
 

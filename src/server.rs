@@ -4,18 +4,11 @@
 //! for Nagle), record each peer address, send `/ws` to our own upgrade (so we choose the
 //! WebSocket buffers), and everything else to warp's routes.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tower_service::Service;
-use warp::http::{Method, Request, Response};
 
 use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus};
@@ -23,10 +16,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::{lock_data_dir, EmbeddedStore, StoreError};
-use crate::transport::PeerAddr;
-
-/// The body of every response: warp's, an SSE stream's, or a small JSON refusal.
-type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Events kept per bus channel for a subscriber that falls behind.
 const BUS_CAPACITY: usize = 65_536;
@@ -75,7 +64,12 @@ pub async fn run_until(
     mut config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    // The lock comes first: a second server on this directory must touch nothing.
+    // The address comes first: a server that cannot listen must not create or change anything
+    // in the data directory. Then the lock: a second server on it must touch nothing.
+    let socket = bind(config.listen).map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let lock = lock_data_dir(&config.data_dir)?;
     let (secrets, created) = crate::secrets::load_or_create(&config.data_dir)
         .map_err(|e| ServeError::Secrets(e.to_string()))?;
@@ -86,13 +80,14 @@ pub async fn run_until(
     } else {
         tracing::info!(path = %secrets_path.display(), "secrets file");
     }
-    let auth = Authenticator::new(&config).map_err(|e| ServeError::Auth(e.to_string()))?;
+    let auth =
+        Authenticator::new(config.auth_settings()).map_err(|e| ServeError::Auth(e.to_string()))?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
     let metrics = Arc::new(Metrics::default());
     let node_id = node_id(&config);
     let store = EmbeddedStore::open(&config, lock, bus.clone(), metrics.clone(), node_id.clone())?;
 
-    let listener = listen(config.listen).map_err(|source| ServeError::Listen {
+    let listener = socket.listen(4096).map_err(|source| ServeError::Listen {
         addr: config.listen,
         source,
     })?;
@@ -149,9 +144,10 @@ fn node_id(_config: &Config) -> String {
     format!("{host}-{suffix}")
 }
 
-/// Binds with a deep accept queue: after a restart every client reconnects at once, and
-/// the default backlog (128) would make most of them wait a SYN retry (about a second).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the listening address; `listen` follows once the store is open. The accept queue is
+/// deep (4096): after a restart every client reconnects at once, and the default backlog
+/// (128) would make most of them wait a SYN retry (about a second).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -159,76 +155,30 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(4096)
+    Ok(socket)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     node: Arc<Node>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let routes = warp::service(crate::api::routes(node.clone()));
+    // Timeouts, the pending cap and the file reserve: see `crate::listener`.
+    let admission = crate::listener::Admission::new(&node.config);
+    let mut stopped = stop.clone();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    admission.accept_failed(&e).await;
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stopped.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
-        let node = node.clone();
-        let routes = routes.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let node = node.clone();
-                let mut routes = routes.clone();
-                async move {
-                    let path = req.uri().path();
-                    let r: Response<Body> = if path == "/ws" {
-                        let r = crate::transport::ws::handle(node, req).await?;
-                        r.map(|b| b.map_err(Into::into).boxed())
-                    } else if path == "/sse" && req.method() == Method::GET {
-                        crate::transport::sse::handle(
-                            node,
-                            req.headers(),
-                            req.uri().query(),
-                            Some(peer),
-                        )
-                        .await
-                        .into_response(|b| match b {
-                            Ok(stream) => stream.map_err(|e| match e {}).boxed(),
-                            Err(json) => Full::new(json).map_err(|e| match e {}).boxed(),
-                        })
-                    } else {
-                        let r = routes.call(req).await?;
-                        r.map(|b| b.map_err(Into::into).boxed())
-                    };
-                    Ok::<_, Infallible>(r)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_WAIT, conn).await;
-                }
-            }
-        });
+        let conn = admission.admit(tcp, peer);
+        tokio::spawn(conn.serve(node.clone(), routes.clone(), stop.clone()));
     }
 }

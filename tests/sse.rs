@@ -354,3 +354,45 @@ async fn last_event_id_resumes() {
     assert_eq!(w["resumed"], false);
     assert!(w["resumeError"].is_string(), "{w}");
 }
+
+/// A resumed stream's welcome carries the id of what the client has, not the newest seq: a
+/// browser that loses the stream right after the welcome reconnects with that id and is
+/// still sent the frames that followed it.
+#[tokio::test]
+async fn a_resumed_welcome_does_not_skip_the_replay_that_follows_it() {
+    let server = Server::start(&["--heartbeat-interval-ms", "100"]).await;
+    let (sse, w) = open(&server, "una", &[]).await;
+    let old = conn_id(&w.json());
+    drop(sse);
+    wait_for_conn(&server, &old, "detached", |_, info| {
+        info["state"] == "detached"
+    })
+    .await;
+    for n in 1..=2 {
+        let (_, body) = server
+            .send_json(Method::POST, "/v1/users/una/messages", json!({"data": n}))
+            .await;
+        assert_eq!(body["stored"], 1, "{body}");
+    }
+    let (sse, w) = open(&server, "una", &[("last-event-id", &format!("{old}:0"))]).await;
+    let new = conn_id(&w.json());
+    assert_eq!(
+        w.id,
+        Some(format!("{new}:0")),
+        "the welcome says what the client has"
+    );
+    drop(sse);
+    wait_for_conn(&server, &new, "detached", |_, info| {
+        info["state"] == "detached"
+    })
+    .await;
+    // The stream was lost right after the welcome: reconnecting with its id replays both.
+    let last = w.id.unwrap();
+    let (mut sse, w) = open(&server, "una", &[("last-event-id", &last)]).await;
+    assert_eq!(w.json()["resumed"], true);
+    for n in 1..=2u64 {
+        let e = sse.event().await;
+        assert_eq!(e.event, "message");
+        assert_eq!(e.json()["data"], n);
+    }
+}

@@ -324,11 +324,14 @@ impl Outbox {
             Gate::Parked(frames, _) => frames,
             Gate::Open(_) => Vec::new(),
         };
-        // The welcome carries the connection's seq (an SSE client resumes from its event id).
+        // The welcome carries the seq the client has everything up to: the one before the
+        // first replayed frame (an SSE client resumes from its last event id, and must not
+        // skip the replay that follows the welcome).
+        let upto = replay.first().map_or(last_seq, |(seq, _)| seq - 1);
         let mut fits = inner.send(
             &Out::Text {
                 kind: "welcome",
-                seq: Some(last_seq),
+                seq: Some(upto),
                 text: welcome,
             },
             usize::MAX,

@@ -72,15 +72,7 @@ impl Node {
                         id: &e.session_id,
                         except: e.connection_id.as_ref(),
                     };
-                    let sockets = |user: &str, to: &[Assignment], t: &FrameTemplate| {
-                        self.hub.deliver(user, to, t)
-                    };
-                    if let Err(err) = self
-                        .stores
-                        .conns
-                        .deliver(target, template, &sockets, false)
-                        .await
-                    {
+                    if let Err(err) = self.deliver(target, template, false).await {
                         tracing::error!(error = %err, "a session update was not delivered");
                     }
                 }

@@ -203,6 +203,10 @@ impl Node {
         handle.set_messages_per_minute(rec.meta.rate_limit.messages_per_minute);
         let welcome = self.welcome(&admitted, rec);
         handle.outbox.open(&welcome, &activation.replay, rec.seq);
+        Metrics::inc(&self.metrics.connects);
+        if admitted.resumed {
+            Metrics::inc(&self.metrics.resumes);
+        }
         let attached = Attached {
             id,
             user,

@@ -22,7 +22,7 @@ impl Node {
         move |user, to, template| self.hub.deliver(user, to, template)
     }
 
-    async fn deliver(
+    pub(super) async fn deliver(
         &self,
         target: Target<'_>,
         template: FrameTemplate,
@@ -30,10 +30,15 @@ impl Node {
     ) -> Result<Delivery, StoreError> {
         let sockets = self.sockets();
         let sockets: Sockets<'_> = &sockets;
-        self.stores
+        let d = self
+            .stores
             .conns
             .deliver(target, template, sockets, durable)
-            .await
+            .await?;
+        self.metrics
+            .messages_delivered
+            .fetch_add(d.stored as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(d)
     }
 
     // ----- connections ---------------------------------------------------------------

@@ -38,10 +38,24 @@ impl Server {
         s
     }
 
+    /// Starts a server whose process may hold at most `nofile` open files, so that running
+    /// it out of descriptors takes a few hundred sockets, not twenty thousand.
+    pub async fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in_with(&dir, args, Some(nofile)).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a server on `dir` (which may hold an earlier server's store).
     pub async fn start_in(dir: &Path, args: &[&str]) -> Server {
+        Server::start_in_with(dir, args, None).await
+    }
+
+    async fn start_in_with(dir: &Path, args: &[&str], nofile: Option<u32>) -> Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr, log) = spawn(dir, &args)
+        let (child, addr, log) = spawn_with_nofile(dir, &args, nofile)
             .await
             .unwrap_or_else(|e| panic!("server did not start: {e}"));
         let secrets: toml::Table =
@@ -268,7 +282,26 @@ pub async fn spawn(
     dir: &Path,
     args: &[String],
 ) -> Result<(Child, SocketAddr, std::sync::Arc<std::sync::Mutex<String>>), String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    spawn_with_nofile(dir, args, None).await
+}
+
+/// [`spawn`], with the open-file limit (soft and hard) set to `nofile` when given.
+pub async fn spawn_with_nofile(
+    dir: &Path,
+    args: &[String],
+    nofile: Option<u32>,
+) -> Result<(Child, SocketAddr, std::sync::Arc<std::sync::Mutex<String>>), String> {
+    let bin = env!("CARGO_BIN_EXE_tether");
+    let mut cmd = match nofile {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(bin);
+            sh
+        }
+    };
     cmd.arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")

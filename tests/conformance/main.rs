@@ -176,8 +176,7 @@ where
         first.stores.admin.shutdown().await.expect("shutdown");
         v
     };
-    // The lock is released when the last reference to the first store goes; its tasks (the
-    // flusher's, which holds sled's own lock) end a moment later.
+    // The first store lets go of its directory once its background tasks have seen it go.
     let mut tries = 0;
     let second = loop {
         match try_open_embedded(&dir) {

@@ -33,6 +33,14 @@ pub struct DirLock {
     pub path: PathBuf,
 }
 
+/// Removes the lock file on the way out, while the lock is still held (the file is closed
+/// after this), so a clean stop leaves no `tether.lock` behind.
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Creates the data directory if needed and takes its lock, writing our pid into the lock file.
 /// Fails at once (never waits) when another process holds it.
 pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
@@ -42,17 +50,59 @@ pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
     };
     std::fs::create_dir_all(dir).map_err(dir_err)?;
     let path = dir.join("tether.lock");
-    let mut file = std::fs::OpenOptions::new()
+    // A server that stops removes the file while it holds the lock. A process that opened the
+    // file just before that may then win the lock of a file that no longer has a name, while a
+    // third creates a new one: so the lock counts only if the path still names the locked file.
+    for _ in 0..8 {
+        let file = try_lock_file(dir, &path)?;
+        if names_file(&path, &file) {
+            return write_pid(file, path).map_err(dir_err);
+        }
+    }
+    Err(dir_err(std::io::Error::other(
+        "tether.lock kept being replaced while it was being locked",
+    )))
+}
+
+fn write_pid(mut file: File, path: PathBuf) -> std::io::Result<DirLock> {
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(DirLock { _file: file, path })
+}
+
+/// True if `path` is the file `file` has open.
+fn names_file(path: &Path, file: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(path), file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, file);
+        true
+    }
+}
+
+fn try_lock_file(dir: &Path, path: &Path) -> Result<File, StoreError> {
+    let dir_err = |source| StoreError::Dir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .map_err(dir_err)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path)
+            let pid = std::fs::read_to_string(path)
                 .ok()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
@@ -66,9 +116,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StoreError> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
     }
-    file.set_len(0).map_err(dir_err)?;
-    write!(file, "{}", std::process::id()).map_err(dir_err)?;
-    Ok(DirLock { _file: file, path })
+    Ok(file)
 }
 
 /// The file that records which store belongs in a data directory.
@@ -237,5 +285,42 @@ pub mod keys {
         let mut k = user_prefix(a);
         k.extend_from_slice(b.as_bytes());
         k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_is_exclusive_and_its_file_goes_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = lock_data_dir(tmp.path()).unwrap();
+        let path = lock.path.clone();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::process::id().to_string()
+        );
+        assert!(matches!(
+            lock_data_dir(tmp.path()),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(lock);
+        assert!(!path.exists(), "removed with the lock");
+        let again = lock_data_dir(tmp.path()).unwrap();
+        assert!(again.path.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_counts_only_on_the_file_the_path_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tether.lock");
+        let old = File::create(&path).unwrap();
+        assert!(names_file(&path, &old));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!names_file(&path, &old), "removed");
+        File::create(&path).unwrap();
+        assert!(!names_file(&path, &old), "replaced");
     }
 }

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::error::{ErrorBody, ErrorCode};
 use crate::hub::Handle;
+use crate::listener::Pending;
 use crate::metrics::Metrics;
 use crate::node::{Activity, Attached, Handshake, Node, Presented, ResumeRequest};
 use crate::protocol::{BadFrame, ClientFrame, CloseCode, Disconnect, Fate, ServerFrame};
@@ -125,13 +126,16 @@ pub async fn establish<S>(
     ws: &mut S,
     handle: &Arc<Handle>,
     mut hs: Handshake,
+    pending: Option<Pending>,
 ) -> Option<Attached>
 where
     S: Stream<Item = WsResult> + Unpin,
 {
+    // Until it has authenticated, the connection counts against `max_pending_connections`,
+    // and the listener may close it (1013) to make room.
     let (cred, resume) = match hs.credential.take() {
         Some(c) => (c, hs.resume.take()),
-        None => match first_frame_auth(node, ws).await {
+        None => match Pending::guard(&pending, first_frame_auth(node, ws)).await {
             Ok((c, r)) => (c, r.or(hs.resume.take())),
             Err(d) => {
                 Metrics::inc(&node.metrics.auth_failures);
@@ -140,7 +144,9 @@ where
             }
         },
     };
-    match node.connect(&hs, &cred, resume, false, handle).await {
+    let connected = node.connect(&hs, &cred, resume, false, handle).await;
+    drop(pending);
+    match connected {
         Ok(a) => Some(a),
         Err(d) => {
             refuse(node, ws, handle, d).await;
@@ -530,7 +536,7 @@ mod tests {
             "n1".into(),
         )
         .unwrap();
-        let auth = crate::auth::Authenticator::new(&config).unwrap();
+        let auth = crate::auth::Authenticator::new(config.auth_settings()).unwrap();
         let node = Arc::new(Node::new(
             config,
             auth,
@@ -586,7 +592,7 @@ mod tests {
         .unwrap();
         let send = |v: Value| tx.send(Ok(Message::text(v.to_string()))).unwrap();
         send(json!({"type": "auth", "token": token}));
-        let attached = establish(&node, &mut socket, &handle, Handshake::default())
+        let attached = establish(&node, &mut socket, &handle, Handshake::default(), None)
             .await
             .expect("authenticated by its first frame");
         let welcome = &frames(&log)[0];

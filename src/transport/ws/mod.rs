@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +33,7 @@ use warp::reply::Reply;
 use super::PeerAddr;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Handle, Outbox};
+use crate::listener::Pending;
 use crate::node::Node;
 
 /// What tungstenite sees as its stream: reads from the socket's read half, writes into the
@@ -137,6 +137,7 @@ pub async fn handle(
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let hs = super::handshake(&node.config, req.headers(), req.uri().query(), peer);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let pending = Pending::take(&mut req);
 
     let guard = node.tasks.enter();
     tokio::spawn(async move {
@@ -154,11 +155,11 @@ pub async fn handle(
             .max_frame_size(Some(node.config.max_message_bytes));
         // The listener serves plain TCP streams, so the downcast holds; the bytes hyper read
         // past the request (a client that did not wait for the 101) are tungstenite's first.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<crate::listener::Watched>>() else {
             tracing::error!("WebSocket upgrade on a stream that is not TCP");
             return;
         };
-        let (read, write) = parts.io.into_inner().into_split();
+        let (read, write) = parts.io.into_inner().into_inner().into_split();
         let handle = Handle::new(
             Outbox::new(
                 Box::new(wire::TcpTransport::new(write)),
@@ -178,7 +179,7 @@ pub async fn handle(
             Some(config),
         )
         .await;
-        if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs).await {
+        if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs, pending).await {
             tokio::spawn(async move {
                 conn::serve(node, ws, handle, attached).await;
                 drop(guard);

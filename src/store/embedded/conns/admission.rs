@@ -93,7 +93,6 @@ impl Inner {
                 return Err(e.into());
             }
             self.unpersist(&old_rec);
-            self.metrics.resumes.fetch_add(1, Ordering::Relaxed);
             self.events.log(
                 new.id,
                 &rec.user.id,
@@ -283,7 +282,6 @@ impl Inner {
                 .filter(|(seq, _)| *seq > replay_after)
                 .map(|(seq, d)| (*seq, d.template.render(*seq)))
                 .collect();
-            self.metrics.connects.fetch_add(1, Ordering::Relaxed);
             Activation {
                 record: entry.rec.clone(),
                 replay,

@@ -68,9 +68,6 @@ impl Inner {
             sockets(user, &live, &d.template)
         };
         let stored = targets.len();
-        self.metrics
-            .messages_delivered
-            .fetch_add(stored as u64, Ordering::Relaxed);
         let record = StoredDelivery {
             kind: d.template.kind.as_str().to_string(),
             rest: d.template.rest.clone(),

@@ -1,0 +1,69 @@
+//! Hashing and comparing secrets, and making random ones: the one place tether turns the
+//! operating system's randomness into tokens and ids.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// Constant-time equality of two byte strings. Only the length may leak.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keeps the optimizer from turning the fold into an early-exit compare.
+    std::hint::black_box(diff) == 0
+}
+
+/// SHA-256 of `data` (API keys, resume tokens).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// `bytes` random bytes from the OS, base64url without padding.
+///
+/// Panics only if the OS has no randomness to give, where nothing safe can be done.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the operating system's random number generator failed");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A new random resume token (256 bits, URL-safe).
+pub fn new_token() -> String {
+    random_token(32)
+}
+
+/// A new session id: 192 random bits, URL-safe.
+pub fn new_session_id() -> String {
+    random_token(24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ct_eq_and_sha256() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn random_ids_have_their_lengths_and_differ() {
+        let (token, session) = (new_token(), new_session_id());
+        assert_eq!((token.len(), session.len()), (43, 32));
+        assert_ne!(token, new_token());
+        assert_ne!(session, new_session_id());
+        assert!(format!("{token}{session}")
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+}

@@ -1,0 +1,164 @@
+//! The rules a configuration must satisfy beyond its keys' types: bounds, the rules of one
+//! key's text (a cookie name, a log filter), and those that tie keys together (an algorithm
+//! and its key file). [`Config::validate`] runs them on a config built in code too.
+
+use super::keys::key;
+use super::values::Hidden;
+use super::{Config, ConfigError, Report};
+use crate::auth::check_keys;
+use crate::auth::MIN_HMAC_SECRET_BYTES;
+
+/// RFC 6265 cookie-name: an RFC 7230 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An [`ConfigError::Invalid`] for the key named `name`, its value shown as the key allows.
+fn invalid(name: &str, text: &str, expected: impl Into<String>) -> ConfigError {
+    match key(name) {
+        Some(key) => key.invalid(text, expected),
+        None => ConfigError::Invalid {
+            key: name.to_string(),
+            value: format!("{text:?}"),
+            expected: expected.into(),
+        },
+    }
+}
+
+impl Config {
+    /// Checks every rule, so a `Config` built in code gets the same checks as a loaded one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut report = Report::default();
+        self.check(&mut report);
+        report.finish(())
+    }
+
+    /// Every rule, each reported to `report`. A rule about a key that already failed to
+    /// parse is skipped: it would only judge the default left in its place.
+    pub(super) fn check(&self, report: &mut Report) {
+        if self.data_dir.as_os_str().is_empty() {
+            report.push(invalid("data_dir", "", "expected a directory path"));
+        }
+        match &self.jwt_secret {
+            Some(s) if s.is_empty() => {
+                report.push(invalid("jwt_secret", "", "expected a non-empty secret"))
+            }
+            Some(s)
+                if s.len() < MIN_HMAC_SECRET_BYTES
+                    && self.jwt_algorithm.is_hmac()
+                    && !report.failed("jwt_algorithm") =>
+            {
+                report.push(invalid(
+                    "jwt_secret",
+                    s,
+                    format!(
+                        "expected at least {MIN_HMAC_SECRET_BYTES} bytes for {}; a random \
+                         one, such as `openssl rand -base64 32` prints",
+                        self.jwt_algorithm
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if !report.failed_any(&["jwt_algorithm", "jwt_public_key_file"]) {
+            if let Err(e) = self.check_jwt_key_file() {
+                report.push(e);
+            }
+        }
+        for (name, value) in [
+            ("jwt_issuer", &self.jwt_issuer),
+            ("jwt_audience", &self.jwt_audience),
+        ] {
+            if value.as_deref() == Some("") {
+                report.push(invalid(
+                    name,
+                    "",
+                    "expected a non-empty string, or leave it out",
+                ));
+            }
+        }
+        self.check_api_keys(report);
+
+        for (key, value) in self.numbers() {
+            if !report.failed(key.name) && !(key.min..=key.max).contains(&value) {
+                report.push(key.invalid(&value.to_string(), key.expected_number()));
+            }
+        }
+
+        if !is_cookie_name(&self.session_cookie) {
+            report.push(invalid(
+                "session_cookie",
+                &self.session_cookie,
+                "expected a cookie name: letters, digits and !#$%&'*+-.^_`|~",
+            ));
+        }
+        if let Some(level) = &self.log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                report.push(invalid(
+                    "log_level",
+                    level,
+                    format!(
+                        "expected a level or filter like \"info\" or \"warn,tether=debug\": {e}"
+                    ),
+                ));
+            }
+        }
+        self.check_cluster(report);
+    }
+
+    fn check_jwt_key_file(&self) -> Result<(), ConfigError> {
+        let alg = self.jwt_algorithm;
+        let shown = |file: &std::path::Path| file.display().to_string();
+        match (&self.jwt_public_key_file, alg.is_hmac()) {
+            (None, true) => Ok(()),
+            (None, false) => Err(ConfigError::Missing {
+                key: "jwt_public_key_file",
+                reason: format!("a PEM public key file is required when jwt_algorithm is {alg}"),
+            }),
+            (Some(file), true) => Err(invalid(
+                "jwt_public_key_file",
+                &shown(file),
+                format!(
+                    "only used with RS256, ES256 or EdDSA, but jwt_algorithm is {alg}; \
+                     set jwt_algorithm or remove the key file"
+                ),
+            )),
+            (Some(file), false) => match std::fs::metadata(file) {
+                Ok(m) if m.is_file() => Ok(()),
+                Ok(_) => Err(invalid(
+                    "jwt_public_key_file",
+                    &shown(file),
+                    "expected a PEM file, found a directory",
+                )),
+                Err(e) => Err(invalid(
+                    "jwt_public_key_file",
+                    &shown(file),
+                    format!("expected a readable PEM file: {e}"),
+                )),
+            },
+        }
+    }
+
+    /// The API-key rules are auth's ([`crate::auth::check_keys`]); here they become
+    /// configuration errors, secrets hidden.
+    fn check_api_keys(&self, report: &mut Report) {
+        let keys = self
+            .api_keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.name.as_str(), k.permissions.as_slice()));
+        for p in check_keys(self.admin_api_key.as_deref(), keys) {
+            report.push(ConfigError::Invalid {
+                key: p.field,
+                value: if p.secret {
+                    format!("{:?}", Hidden(&p.text))
+                } else {
+                    format!("{:?}", p.text)
+                },
+                expected: p.expected,
+            });
+        }
+    }
+}
