@@ -9,8 +9,9 @@
 //! A subscription is one Redis connection, pinged now and then: when it is lost (or a ping
 //! gets no answer within the command timeout) it reconnects by itself, with backoff, and
 //! yields [`Received::Resubscribed`] once it is back, so the subscriber catches up from the
-//! store. A subscriber that falls behind loses the oldest events it has not taken and is
-//! told how many ([`Received::Lagged`]); publishing never waits for subscribers.
+//! store. A subscriber that falls behind loses the events that no longer fit its queue and
+//! is told how many ([`Received::Lagged`]) as soon as it has room again; publishing never
+//! waits for subscribers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,8 +53,9 @@ impl RedisBus {
         command_timeout: Duration,
         capacity: usize,
     ) -> Result<RedisBus, BusError> {
+        let shown = crate::store::redis::redacted(url);
         let client =
-            redis::Client::open(url).map_err(|e| BusError::Unavailable(format!("{url}: {e}")))?;
+            redis::Client::open(url).map_err(|e| BusError::Unavailable(format!("{shown}: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(command_timeout))
             .set_connection_timeout(Some(command_timeout))
@@ -65,8 +67,8 @@ impl RedisBus {
             ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
-        .map_err(|_| BusError::Unavailable(format!("{url}: no answer")))?
-        .map_err(|e| BusError::Unavailable(format!("{url}: {e}")))?;
+        .map_err(|_| BusError::Unavailable(format!("{shown}: no answer")))?
+        .map_err(|e| BusError::Unavailable(format!("{shown}: {e}")))?;
         Ok(RedisBus {
             inner: Arc::new(Inner {
                 client,
@@ -187,6 +189,11 @@ async fn subscription(inner: Arc<Inner>, channels: Vec<String>, tx: mpsc::Sender
                             if !matches!(answered, Ok(Ok(_))) {
                                 break;
                             }
+                        }
+                        permit = tx.reserve(), if missed > 0 => {
+                            let Ok(permit) = permit else { return };
+                            permit.send(Received::Lagged(missed));
+                            missed = 0;
                         }
                         _ = tx.closed() => return,
                     }

@@ -344,3 +344,44 @@ pub async fn acknowledged_writes_survive_a_redis_crash_with_aof() {
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
     assert_eq!(seqs_of(&act.replay), vec![1, 2]);
 }
+
+/// A subscriber that does not read loses the oldest of what it did not take, is told how
+/// many, and goes on with what came after; publishers never wait for it.
+pub async fn a_slow_subscriber_is_told_what_it_missed(o: &Opened) {
+    let url = o.url.as_deref().expect("a Redis backend");
+    let bus: std::sync::Arc<dyn tether::bus::Bus> = std::sync::Arc::new(
+        tether::bus::RedisBus::connect(url, crate::PREFIX, crate::COMMAND_TIMEOUT, 4)
+            .await
+            .unwrap(),
+    );
+    let mut slow = subscribe_on(&bus, &[Topic::Channel(Channel::ConnectionEvents)]).await;
+    let started = Instant::now();
+    for n in 0..10 {
+        bus.publish(BusEvent::Connection(json!({ "n": n })))
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "publishing did not wait"
+    );
+    assert_eq!(bus.published(Channel::ConnectionEvents), 10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let mut lagged = 0;
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), slow.next()).await {
+        match r {
+            Received::Event(BusEvent::Connection(v)) => got.push(v["n"].as_u64().unwrap()),
+            Received::Lagged(n) => lagged += n,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(lagged > 0, "it was told it missed some");
+    assert_eq!(
+        got.len() as u64 + lagged,
+        10,
+        "each event either seen or counted"
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    assert_eq!(bus.lagged(), lagged);
+}

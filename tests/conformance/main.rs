@@ -357,11 +357,14 @@ mod redis {
         a_node_that_leaves_detaches_its_connections_at_once,
         a_resume_on_another_node_gets_what_it_missed,
         deliveries_and_session_changes_reach_every_node_that_holds_a_socket,
+        concurrent_session_updates_from_two_nodes_all_land,
+        expiry_happens_once_however_many_nodes_sweep,
     );
     cases!(crate::redis; cluster:
         a_client_ahead_of_the_store_resumes_and_no_seq_is_reused,
         events_are_the_section_5_json_on_prefixed_channels,
         a_record_that_does_not_decode_is_an_error_naming_its_key,
+        a_slow_subscriber_is_told_what_it_missed,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

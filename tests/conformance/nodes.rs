@@ -303,3 +303,144 @@ pub async fn deliveries_and_session_changes_reach_every_node_that_holds_a_socket
     assert!(o.stores.conns.info(&q.id).await.is_none());
     assert!(o.stores.conns.session_connections(&s.id).await.is_empty());
 }
+
+/// Updates of one session from two nodes at once: each is merged into what the others wrote,
+/// none is lost, and each is published once.
+pub async fn concurrent_session_updates_from_two_nodes_all_land(o: &Opened) {
+    let b = o.peer("node-b").await;
+    let mut published = crate::subscribe(
+        o,
+        &[tether::bus::Topic::Channel(
+            tether::bus::Channel::SessionUpdates,
+        )],
+    )
+    .await;
+    let s = o
+        .stores
+        .sessions
+        .create(NewSession {
+            user_id: "rae".into(),
+            ttl_seconds: None,
+            data: json!({"start": true}),
+            permissions: vec![],
+            device: json!(null),
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let store = if n % 2 == 0 {
+                o.stores.sessions.clone()
+            } else {
+                b.sessions.clone()
+            };
+            let id = s.id.clone();
+            tokio::spawn(async move {
+                let patch = json!({ format!("k{n}"): n });
+                store
+                    .update(
+                        &id,
+                        SessionPatch {
+                            data: patch.as_object(),
+                            ttl_seconds: None,
+                            source: Source::Http,
+                            connection: None,
+                        },
+                    )
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every update lands");
+    }
+    let data: Value =
+        serde_json::from_str(&b.sessions.get(&s.id).await.unwrap().unwrap().data_json).unwrap();
+    let data = data.as_object().unwrap();
+    assert_eq!(data.len(), 21, "{data:?}");
+    for n in 0..20 {
+        assert_eq!(data[&format!("k{n}")], n);
+    }
+    let mut seen = 0;
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), {
+        use futures_util::StreamExt;
+        published.next()
+    })
+    .await
+    {
+        if matches!(
+            r,
+            tether::bus::Received::Event(tether::bus::BusEvent::SessionUpdated(_))
+        ) {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 20, "one event per update");
+}
+
+/// Every node sweeps; each expiry happens once: one removal, one event.
+pub async fn expiry_happens_once_however_many_nodes_sweep(o: &Opened) {
+    let b = o.peer("node-b").await;
+    let mut expired = crate::subscribe(
+        o,
+        &[tether::bus::Topic::Channel(
+            tether::bus::Channel::SessionExpired,
+        )],
+    )
+    .await;
+    let s = o
+        .stores
+        .sessions
+        .create(NewSession {
+            user_id: "sam".into(),
+            ttl_seconds: Some(1),
+            data: json!({}),
+            permissions: vec![],
+            device: json!(null),
+        })
+        .await
+        .unwrap();
+    let gone = connect(&*o.stores.conns, "sam", None).await;
+    o.stores
+        .conns
+        .finish(&gone.id, Fate::Detach, None, None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(crate::GRACE_SECONDS * 1000 + 150)).await;
+    let (sa, sb) = tokio::join!(o.stores.sessions.sweep(), b.sessions.sweep());
+    assert_eq!(sa.unwrap() + sb.unwrap(), 1, "one session expired, once");
+    let (ca, cb) = tokio::join!(o.stores.conns.sweep(), b.conns.sweep());
+    assert_eq!(
+        ca.unwrap().removed + cb.unwrap().removed,
+        1,
+        "one connection, once"
+    );
+    assert!(o.stores.conns.info(&gone.id).await.is_none());
+    let mut events = 0;
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(500), {
+        use futures_util::StreamExt;
+        expired.next()
+    })
+    .await
+    {
+        if let tether::bus::Received::Event(tether::bus::BusEvent::SessionExpired(e)) = r {
+            assert_eq!(e.session_id, s.id);
+            events += 1;
+        }
+    }
+    assert_eq!(events, 1, "session:expired published once");
+    for st in [&o.stores, &b] {
+        st.admin.shutdown().await.unwrap();
+    }
+    let logged = b
+        .events
+        .query(&EventQuery {
+            connection_id: Some(gone.id),
+            event_type: Some(EventType::Expired),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+}

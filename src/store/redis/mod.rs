@@ -34,6 +34,13 @@
 //! needs one Redis (a primary, with replicas or Sentinel as the operator likes), not Redis
 //! Cluster.
 //!
+//! What survives a crash of Redis itself is what its persistence keeps: with `appendonly yes`
+//! and `appendfsync always`, every acknowledged write (the `sync` guarantee); with
+//! `appendfsync everysec`, all but about the last second (like `relaxed`); without
+//! persistence, nothing, and the probe reports it (the epoch is gone). A client that comes
+//! back with a `lastSeq` the store never kept is resumed with its seq carried on, so no seq
+//! is handed out twice.
+//!
 //! `P:epoch` is a random id the first store writes. A background probe reads it every
 //! [`PROBE_EVERY`] with `PING`: when Redis does not answer, [`StoreAdmin::healthy`] says so;
 //! when the epoch changed or vanished, Redis lost its data (a restart without persistence, a
@@ -191,11 +198,20 @@ impl RedisStore {
     }
 }
 
+/// `url` without its credentials, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
 async fn connection(url: &str, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url).map_err(|e| StoreError::Open {
-        dir: url.to_string(),
-        detail: e.to_string(),
-    })?;
+    let open_err = |detail: String| StoreError::Open {
+        dir: redacted(url),
+        detail,
+    };
+    let client = redis::Client::open(url).map_err(|e| open_err(e.to_string()))?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout))
@@ -208,10 +224,7 @@ async fn connection(url: &str, timeout: Duration) -> Result<ConnectionManager, S
         ConnectionManager::new_with_config(client, config),
     )
     .await
-    .map_err(|e| StoreError::Open {
-        dir: url.to_string(),
-        detail: e.to_string(),
-    })
+    .map_err(|e| open_err(e.to_string()))
 }
 
 /// A script's own arguments, as strings.

@@ -285,4 +285,14 @@ mod tests {
         assert_eq!(text, r#"{"type":"message","seq":12,"data":1,"ts":"t"}"#);
         assert_eq!(unhex32(&hex(&[7u8; 32])), Some([7u8; 32]));
     }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        use crate::store::redis::redacted;
+        assert_eq!(
+            redacted("redis://:s3cret@db:6379/0"),
+            "redis://***@db:6379/0"
+        );
+        assert_eq!(redacted("redis://db:6379"), "redis://db:6379");
+    }
 }
