@@ -1,8 +1,9 @@
 -- Shared by every script of the Redis store: key names, record load and store, and the
 -- counters that /v1/health, /v1/stats and max_total read.
 --
--- ARGV[1] key prefix, ARGV[2] now (ms), ARGV[3] resume grace (ms), ARGV[4] replay buffer
--- length, ARGV[5] the calling node. A script's own arguments start at ARGV[6].
+-- ARGV[1] key prefix, ARGV[2] the caller's clock (ms; unused, see NOW), ARGV[3] resume grace
+-- (ms), ARGV[4] replay buffer length, ARGV[5] the calling node. A script's own arguments
+-- start at ARGV[6].
 --
 -- A connection record is a HASH of strings: id, user, uj (the user as JSON), sid (session or
 -- ''), state (authenticated | active | detached), node (holder of the socket, '' while
@@ -13,7 +14,10 @@
 -- written in).
 
 local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
+-- Now, by Redis's clock: leases, detach times and expiries compare one clock, whatever the
+-- nodes' clocks say.
+local TIME = redis.call('TIME')
+local NOW = tonumber(TIME[1]) * 1000 + math.floor(tonumber(TIME[2]) / 1000)
 local GRACE = tonumber(ARGV[3])
 local REPLAY = tonumber(ARGV[4])
 local NODE = ARGV[5]
