@@ -27,7 +27,47 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::durability::StoreUnwritable;
+/// Why the store refuses a write. Each has its own `code` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreUnwritable {
+    /// Less than `disk_reserve_bytes` is free on the data directory's filesystem. Passes by
+    /// itself once space is freed.
+    #[error("the disk holding the data directory is nearly full ({free} bytes free, {reserve} bytes kept in reserve); writes resume once space is freed")]
+    DiskFull { free: u64, reserve: u64 },
+    /// A flush ran past `flush_timeout_ms` and has not returned. Passes if it does.
+    #[error(
+        "a store flush has not finished within {timeout_ms} ms; writes are refused until it does"
+    )]
+    FlushStalled { timeout_ms: u64 },
+    /// sled failed a flush; it refuses every write until the store is opened again.
+    /// `detail` is for the log, not for clients.
+    #[error(
+        "the store failed a write and refuses further ones; restart tether once the disk is fixed"
+    )]
+    Failed { detail: String },
+}
+
+impl StoreUnwritable {
+    /// The `code` of the HTTP error body, the `error` frame and `/ready`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreUnwritable::DiskFull { .. } => "insufficient_storage",
+            StoreUnwritable::FlushStalled { .. } => "store_stalled",
+            StoreUnwritable::Failed { .. } => "store_failed",
+        }
+    }
+
+    /// A short message for end users (WebSocket and SSE clients), without the details an
+    /// operator finds in `/ready` and the log.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            StoreUnwritable::DiskFull { .. } => {
+                "the server cannot store changes right now (disk full); retry later"
+            }
+            _ => "the server cannot store changes right now; retry later",
+        }
+    }
+}
 
 /// How often free space is measured.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);

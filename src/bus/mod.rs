@@ -5,11 +5,13 @@
 //! topic of its own ([`Topic::Node`]) for commands addressed to the sockets it holds
 //! (close, deliver), so that whoever decides a socket must close reaches it wherever it is.
 //!
-//! [`MemoryBus`] is the one-process bus. Publishing never waits for subscribers: a
+//! [`MemoryBus`] is the one-process bus; [`RedisBus`] is cluster mode's, over Redis pub/sub.
+//! Publishing never waits for subscribers: a
 //! subscriber that falls behind loses the oldest events and is told how many
 //! ([`Received::Lagged`]), then goes on.
 
 pub mod memory;
+pub mod redis;
 
 use std::pin::Pin;
 
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::model::{Assignment, Source};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
 
+pub use self::redis::RedisBus;
 pub use memory::MemoryBus;
 
 /// The channels (names are the seed's).

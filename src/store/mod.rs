@@ -8,13 +8,15 @@
 //! returns, per the durability mode, so the node acknowledges nothing a crash could undo.
 //!
 //! [`embedded`] is the implementation over sled in the data directory: records in memory,
-//! sharded by user, written through to sled, made durable by group commit. Each trait has
-//! one conformance suite (`tests/conformance/`) that every implementation passes.
+//! sharded by user, written through to sled, made durable by group commit. [`redis`] is
+//! cluster mode's: every node over one Redis, each write one Lua script. Each trait has one
+//! conformance suite (`tests/conformance/`) that every implementation passes.
 //!
 //! Stores publish the bus events of their own writes (`session:*`, `connection:events`), so
 //! each event is published once, by the write that caused it.
 
 pub mod embedded;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -54,6 +56,9 @@ pub enum StoreError {
     /// The store cannot take writes now (it may later): refused, never half done.
     #[error("{0}")]
     Unavailable(String),
+    /// A stored record (a Redis key) that does not decode.
+    #[error("the stored record {key} does not decode: {detail}")]
+    BadRecord { key: String, detail: String },
     /// The store refuses writes for a reason with its own code (a full disk: 507; a stalled
     /// or failed flush: 503); the message is for the operator.
     #[error("{message}")]

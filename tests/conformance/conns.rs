@@ -1,11 +1,14 @@
 //! The connection store's conformance suite ([`tether::store::ConnStore`]).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use tether::auth::AuthUser;
+use tether::bus::{BusEvent, NodeCommand, Received, Subscription, Topic};
 use tether::model::{Assignment, ConnType, EventType, Metadata, RateLimit};
 use tether::protocol::{CloseCode, Disconnect, Fate, FrameTemplate};
 use tether::store::{
@@ -25,7 +28,7 @@ fn user(id: &str) -> AuthUser {
     }
 }
 
-fn new_conn(user_id: &str, session: Option<&str>, resume: Option<ResumeRequest>) -> NewConn {
+pub fn new_conn(user_id: &str, session: Option<&str>, resume: Option<ResumeRequest>) -> NewConn {
     let now = now_ms();
     NewConn {
         id: Uuid::new_v4(),
@@ -50,14 +53,14 @@ fn new_conn(user_id: &str, session: Option<&str>, resume: Option<ResumeRequest>)
     }
 }
 
-async fn admit(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
+pub async fn admit(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
     c.admit(new_conn(user_id, session, None), NODE)
         .await
         .expect("admitted")
 }
 
 /// Admits and activates a connection, as a connect does.
-async fn connect(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
+pub async fn connect(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
     let a = admit(c, user_id, session).await;
     c.activate(&a.id, a.replay_after)
         .await
@@ -68,24 +71,92 @@ async fn connect(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Adm
     a
 }
 
-/// What a delivery handed to the sockets.
-#[derive(Default)]
-struct Sockets(Mutex<Vec<(String, Vec<Assignment>, String)>>);
+/// What a delivery handed to the sockets of node [`NODE`]: through the `sockets` callback
+/// (one store for one node), or as Deliver commands on the node's bus topic (a shared
+/// store, which reaches every node's sockets that way).
+pub struct Sockets {
+    calls: Mutex<Vec<(String, Vec<Assignment>, String)>>,
+    node: Option<tokio::sync::Mutex<Subscription>>,
+}
 
 impl Sockets {
+    pub async fn new(o: &Opened) -> Sockets {
+        Sockets::of(o, NODE).await
+    }
+
+    /// What reaches node `node`'s sockets.
+    pub async fn of(o: &Opened, node: &str) -> Sockets {
+        let node = if o.stores.admin.shared() {
+            let sub = crate::subscribe(o, &[Topic::Node(node.to_string())]).await;
+            Some(tokio::sync::Mutex::new(sub))
+        } else {
+            None
+        };
+        Sockets {
+            calls: Mutex::new(Vec::new()),
+            node,
+        }
+    }
+
     fn take(&self, user: &str, to: &[Assignment], t: &FrameTemplate) -> usize {
-        self.0
+        self.calls
             .lock()
             .unwrap()
             .push((user.to_string(), to.to_vec(), t.render(0)));
         to.len()
     }
-    fn seen(&self) -> Vec<(String, Vec<Assignment>, String)> {
-        std::mem::take(&mut self.0.lock().unwrap())
+
+    /// Everything handed over since the last call: for a shared store, what arrives until
+    /// the topic has been quiet a moment.
+    pub async fn seen(&self) -> Vec<(String, Vec<Assignment>, String)> {
+        let mut out = std::mem::take(&mut *self.calls.lock().unwrap());
+        let Some(sub) = &self.node else { return out };
+        let mut sub = sub.lock().await;
+        let mut wait = Duration::from_millis(1500);
+        while let Ok(Some(r)) = tokio::time::timeout(wait, sub.next()).await {
+            if let Received::Event(BusEvent::Command {
+                command:
+                    NodeCommand::Deliver {
+                        user,
+                        assignments,
+                        kind,
+                        rest,
+                    },
+                ..
+            }) = r
+            {
+                let to = assignments
+                    .into_iter()
+                    .map(|(id, seq)| Assignment { id, seq })
+                    .collect();
+                out.push((user, to, FrameTemplate { kind, rest }.render(0)));
+                wait = Duration::from_millis(200);
+            }
+        }
+        out
+    }
+
+    /// The close commands that reached the node (shared stores only).
+    pub async fn closes(&self) -> Vec<(Uuid, CloseCode)> {
+        let mut out = Vec::new();
+        let Some(sub) = &self.node else { return out };
+        let mut sub = sub.lock().await;
+        let mut wait = Duration::from_millis(1500);
+        while let Ok(Some(r)) = tokio::time::timeout(wait, sub.next()).await {
+            if let Received::Event(BusEvent::Command {
+                command: NodeCommand::Close { id, disconnect, .. },
+                ..
+            }) = r
+            {
+                out.push((id, disconnect.code));
+                wait = Duration::from_millis(200);
+            }
+        }
+        out
     }
 }
 
-async fn send(
+pub async fn send(
     c: &dyn ConnStore,
     target: Target<'_>,
     n: u64,
@@ -96,11 +167,11 @@ async fn send(
     c.deliver(target, t, &f, true).await.expect("delivered")
 }
 
-fn seqs_of(replay: &[(u64, String)]) -> Vec<u64> {
+pub fn seqs_of(replay: &[(u64, String)]) -> Vec<u64> {
     replay.iter().map(|(s, _)| *s).collect()
 }
 
-fn data_n(frame: &str) -> u64 {
+pub fn data_n(frame: &str) -> u64 {
     let v: Value = serde_json::from_str(frame).unwrap();
     v["data"]["n"].as_u64().unwrap()
 }
@@ -197,7 +268,7 @@ pub async fn refuses_past_max_total_and_frees_the_slot_on_removal(o: &Opened) {
 pub async fn resumes_with_the_token_and_refuses_another_users(o: &Opened) {
     let c = &*o.stores.conns;
     let old = connect(c, "cid", Some("s-cid")).await;
-    let sockets = Sockets::default();
+    let sockets = Sockets::new(o).await;
     send(c, Target::Connection(&old.id), 1, &sockets).await;
     let connected_at = c.info(&old.id).await.unwrap()["connectedAt"].clone();
     c.finish(&old.id, Fate::Detach, Some(4010), None).await;
@@ -275,13 +346,13 @@ pub async fn resumes_with_the_token_and_refuses_another_users(o: &Opened) {
 pub async fn delivers_each_connection_its_own_seq_and_keeps_it_for_replay(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "eve", Some("s-eve")).await;
-    let sockets = Sockets::default();
+    let sockets = Sockets::new(o).await;
     send(c, Target::Connection(&a.id), 1, &sockets).await;
     let b = connect(c, "eve", Some("s-eve")).await;
     let d = send(c, Target::User("eve"), 2, &sockets).await;
     assert_eq!(d.stored, 2);
     assert_eq!(d.delivered, 2, "both have sockets");
-    let seen = sockets.seen();
+    let seen = sockets.seen().await;
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].1, vec![Assignment { id: a.id, seq: 1 }]);
     let mut second = seen[1].1.clone();
@@ -306,12 +377,18 @@ pub async fn delivers_each_connection_its_own_seq_and_keeps_it_for_replay(o: &Op
     )
     .await;
     assert_eq!(d.stored, 1);
-    assert_eq!(sockets.seen()[0].1, vec![Assignment { id: b.id, seq: 2 }]);
+    assert_eq!(
+        sockets.seen().await[0].1,
+        vec![Assignment { id: b.id, seq: 2 }]
+    );
     // A Detached connection is given its seq and kept, but no socket is handed it.
     c.finish(&b.id, Fate::Detach, None, None).await;
     let d = send(c, Target::User("eve"), 4, &sockets).await;
     assert_eq!((d.stored, d.delivered), (2, 1));
-    assert_eq!(sockets.seen()[0].1, vec![Assignment { id: a.id, seq: 3 }]);
+    assert_eq!(
+        sockets.seen().await[0].1,
+        vec![Assignment { id: a.id, seq: 3 }]
+    );
     // Resumed from lastSeq 1, b gets 2 and 3 (messages 3 and 4), in order.
     let req = ResumeRequest {
         connection_id: b.id.to_string(),
@@ -330,13 +407,13 @@ pub async fn delivers_each_connection_its_own_seq_and_keeps_it_for_replay(o: &Op
     // A delivery to nobody stores nothing.
     let d = send(c, Target::User("nobody"), 5, &sockets).await;
     assert_eq!((d.stored, d.delivered), (0, 0));
-    assert!(sockets.seen().is_empty());
+    assert!(sockets.seen().await.is_empty());
 }
 
 pub async fn an_ack_trims_what_a_resume_replays(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "fay", None).await;
-    let sockets = Sockets::default();
+    let sockets = Sockets::new(o).await;
     for n in 1..=3 {
         send(c, Target::Connection(&a.id), n, &sockets).await;
     }
@@ -359,7 +436,7 @@ pub async fn an_ack_trims_what_a_resume_replays(o: &Opened) {
 pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "gus", None).await;
-    let sockets = Sockets::default();
+    let sockets = Sockets::new(o).await;
     let total = REPLAY as u64 + 2;
     for n in 1..=total {
         send(c, Target::Connection(&a.id), n, &sockets).await;
@@ -482,7 +559,7 @@ pub async fn before_restart(o: &Opened) -> Value {
     let c = &*o.stores.conns;
     let a = connect(c, "max", None).await;
     let b = connect(c, "max", None).await;
-    let sockets = Sockets::default();
+    let sockets = Sockets::new(o).await;
     send(c, Target::User("max"), 1, &sockets).await;
     c.finish(&b.id, Fate::Detach, None, None).await;
     assert_eq!(c.info(&a.id).await.unwrap()["state"], "active");
@@ -511,4 +588,130 @@ pub async fn after_restart(o: &Opened, before: Value) {
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
     assert_eq!(seqs_of(&act.replay), vec![1]);
     assert_eq!(data_n(&act.replay[0].1), 1);
+}
+
+/// After a node restart with a fixed node id over the same Redis (the state stayed in
+/// Redis): the connections that node held are Detached (the other was already), each
+/// resumable with its seq and replay.
+pub async fn after_a_node_restart(o: &Opened, before: Value) {
+    let c = &*o.stores.conns;
+    let report = c.recover().await.unwrap();
+    assert_eq!(
+        report.detached, 1,
+        "the one Active connection the node held"
+    );
+    let a: Uuid = serde_json::from_value(before["a"].clone()).unwrap();
+    for id in [&a, &serde_json::from_value(before["b"].clone()).unwrap()] {
+        assert_eq!(c.info(id).await.unwrap()["state"], "detached");
+        assert_eq!(c.info(id).await.unwrap()["node"], Value::Null);
+    }
+    let req = ResumeRequest {
+        connection_id: a.to_string(),
+        token: before["token"].as_str().unwrap().into(),
+        last_seq: Some(0),
+    };
+    let r = c
+        .admit(new_conn("max", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    assert!(r.resumed);
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![1]);
+    assert_eq!(data_n(&act.replay[0].1), 1);
+}
+
+pub async fn replays_what_came_after_a_seq(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "nia", None).await;
+    let sockets = Sockets::new(o).await;
+    for n in 1..=3 {
+        send(c, Target::Connection(&a.id), n, &sockets).await;
+    }
+    let replay = c.replay(&a.id, 1).await.unwrap();
+    assert_eq!(seqs_of(&replay), vec![2, 3]);
+    assert_eq!(data_n(&replay[0].1), 2, "the frame as it was sent");
+    let frame: Value = serde_json::from_str(&replay[1].1).unwrap();
+    assert_eq!(frame["type"], "message");
+    assert_eq!(frame["seq"], 3);
+    assert!(
+        c.replay(&a.id, 3).await.unwrap().is_empty(),
+        "nothing after the last"
+    );
+    c.ack(&a.id, 2).await.unwrap();
+    assert_eq!(
+        seqs_of(&c.replay(&a.id, 0).await.unwrap()),
+        vec![3],
+        "acked ones are let go"
+    );
+    assert!(c.replay(&Uuid::new_v4(), 0).await.unwrap().is_empty());
+}
+
+/// Twenty admissions racing (from two nodes where the backend has them): `max_per_user` and
+/// `max_total` hold, whatever the interleaving.
+pub async fn limits_hold_when_admits_race(o: &Opened) {
+    let (other, other_node) = match &o.peer {
+        Some(_) => (o.peer("node-b").await, "node-b"),
+        None => (o.stores.clone(), NODE),
+    };
+    let both = [
+        (o.stores.conns.clone(), NODE),
+        (other.conns.clone(), other_node),
+    ];
+    let race = |users: Vec<String>| {
+        let both = both.clone();
+        async move {
+            let tasks: Vec<_> = users
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let (c, node) = both[i % 2].clone();
+                    tokio::spawn(async move { c.admit(new_conn(&u, None, None), node).await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("the admission task"));
+            }
+            out
+        }
+    };
+
+    // One user, twenty connects: the oldest go, each evicted once, MAX_PER_USER stay.
+    let results = race(vec!["racer".to_string(); 20]).await;
+    let mut evicted = Vec::new();
+    for r in &results {
+        let a = r.as_ref().expect("a connect of one user is never refused");
+        evicted.extend(a.closing.iter().map(|c| c.id));
+        assert!(a
+            .closing
+            .iter()
+            .all(|c| c.disconnect.code == CloseCode::Evicted));
+    }
+    let kept = o.stores.conns.user_connections("racer").await;
+    assert_eq!(kept.len(), MAX_PER_USER);
+    assert_eq!(
+        evicted.len(),
+        20 - MAX_PER_USER,
+        "every other one was evicted"
+    );
+    evicted.sort();
+    evicted.dedup();
+    assert_eq!(evicted.len(), 20 - MAX_PER_USER, "each once");
+    assert_eq!(
+        other.conns.user_connections("racer").await.len(),
+        MAX_PER_USER
+    );
+
+    // Twenty users at once: the slots left are taken, no more.
+    let room = MAX_TOTAL - MAX_PER_USER;
+    let results = race((0..20).map(|n| format!("crowd{n}")).collect()).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, room, "exactly the slots left");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        match r {
+            AdmitError::Refused(d) => assert_eq!(d.code, CloseCode::ServerFull),
+            other => panic!("expected 1013, got {other:?}"),
+        }
+    }
+    assert_eq!(o.stores.conns.list(None, None, 100).await.len(), MAX_TOTAL);
 }

@@ -15,9 +15,7 @@ use crate::Opened;
 
 pub async fn logs_filters_and_bounds_the_log(o: &Opened) {
     let e = &*o.stores.events;
-    let mut published = o
-        .bus
-        .subscribe(&[Topic::Channel(Channel::ConnectionEvents)]);
+    let mut published = crate::subscribe(o, &[Topic::Channel(Channel::ConnectionEvents)]).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     e.log(a, "amy", EventType::Connected, json!({"n": 0}));
     match tokio::time::timeout(Duration::from_secs(5), published.next()).await {

@@ -39,7 +39,7 @@ async fn next_event(sub: &mut Subscription) -> BusEvent {
 
 pub async fn creates_reads_and_lists(o: &Opened) {
     let s = &*o.stores.sessions;
-    let mut created = o.bus.subscribe(&[Topic::Channel(Channel::SessionCreated)]);
+    let mut created = crate::subscribe(o, &[Topic::Channel(Channel::SessionCreated)]).await;
     let a = s.create(new("amy", None, json!({"k": 1}))).await.unwrap();
     assert!(
         a.id.len() >= 22,
@@ -84,7 +84,7 @@ pub async fn merges_updates_and_publishes_them_in_order(o: &Opened) {
         ))
         .await
         .unwrap();
-    let mut updates = o.bus.subscribe(&[Topic::Channel(Channel::SessionUpdates)]);
+    let mut updates = crate::subscribe(o, &[Topic::Channel(Channel::SessionUpdates)]).await;
     let p1 = json!({"theme": "light", "n": {"x": null}});
     s.update(&a.id, patch(&p1)).await.unwrap();
     let p2 = json!({"added": true});
@@ -129,7 +129,7 @@ pub async fn merges_updates_and_publishes_them_in_order(o: &Opened) {
 
 pub async fn deletes_one_and_all_of_a_user(o: &Opened) {
     let s = &*o.stores.sessions;
-    let mut deleted = o.bus.subscribe(&[Topic::Channel(Channel::SessionDeleted)]);
+    let mut deleted = crate::subscribe(o, &[Topic::Channel(Channel::SessionDeleted)]).await;
     let a = s.create(new("dee", None, json!({}))).await.unwrap();
     s.create(new("dee", None, json!({}))).await.unwrap();
     s.create(new("dee", None, json!({}))).await.unwrap();
@@ -150,7 +150,7 @@ pub async fn deletes_one_and_all_of_a_user(o: &Opened) {
 
 pub async fn expired_sessions_are_gone_and_swept_once(o: &Opened) {
     let s = &*o.stores.sessions;
-    let mut expired = o.bus.subscribe(&[Topic::Channel(Channel::SessionExpired)]);
+    let mut expired = crate::subscribe(o, &[Topic::Channel(Channel::SessionExpired)]).await;
     let a = s.create(new("fox", Some(1), json!({}))).await.unwrap();
     let keep = s.create(new("fox", None, json!({}))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
