@@ -165,6 +165,7 @@ fn main() -> ExitCode {
         })),
         Command::Inspect(cmd) => match cmd.source.load() {
             Err(e) => usage_error(e),
+            Ok(config) if config.is_cluster() => finish(Err(CLUSTER_STATE)),
             Ok(config) => finish(tether::backup::inspect(InspectArgs {
                 data_dir: config.data_dir,
                 json: cmd.json,
@@ -172,6 +173,12 @@ fn main() -> ExitCode {
         },
     }
 }
+
+/// What `backup` and `inspect` say in cluster mode, where no data directory holds the state.
+const CLUSTER_STATE: &str =
+    "cluster mode (redis_url is set): the state is in Redis, not in a data \
+     directory. Back it up with Redis's own persistence: an RDB snapshot (BGSAVE, then copy \
+     dump.rdb) or the AOF files; inspect it with redis-cli (keys start with redis_prefix)";
 
 /// Configuration errors: reported before anything is opened, exit 2.
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
@@ -213,16 +220,6 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     tether::panics::install();
     for var in &unknown {
         tracing::warn!("{var}");
-    }
-    // CLUSTER MODE PLACEHOLDER. Cluster mode (SPEC §10) is configured and validated (its
-    // secrets must be configured), but this build has no Redis-backed node yet. The cluster
-    // work replaces this check with that node; it must not call secrets::load_or_create,
-    // since a cluster generates no secrets.
-    if config.is_cluster() {
-        return finish(Err(
-            "cluster mode is not available in this build yet (redis_url is set); unset \
-             redis_url to run a single node",
-        ));
     }
     // The data directory and the secrets are created by server::run, after it holds the
     // directory lock, so that a second server on the same directory touches nothing.
@@ -379,6 +376,9 @@ fn backup(cmd: BackupCmd) -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
+    if config.is_cluster() {
+        return finish(Err(CLUSTER_STATE));
+    }
     let api_key = match (&cmd.server, cmd.api_key) {
         (_, Some(key)) => Some(key),
         (None, None) => None,

@@ -45,6 +45,8 @@ pub enum ServeError {
     },
     #[error("start-up recovery failed: {0}")]
     Recovery(String),
+    #[error("cluster mode: cannot use Redis: {0}")]
+    Redis(String),
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -79,22 +81,29 @@ pub async fn run_until(
         addr: config.listen,
         source,
     })?;
-    let lock = lock_data_dir(&config.data_dir)?;
-    let (secrets, created) = crate::secrets::load_or_create(&config.data_dir)
-        .map_err(|e| ServeError::Secrets(e.to_string()))?;
-    crate::secrets::apply(&mut config, &secrets);
-    let secrets_path = crate::secrets::path(&config.data_dir);
-    if created {
-        tracing::info!(path = %secrets_path.display(), "generated a JWT secret and an admin API key");
+    let metrics = Arc::new(Metrics::default());
+    let node_id = config.resolve_node_id().to_string();
+    let (stores, bus, embedded) = if config.is_cluster() {
+        let (stores, bus) = open_cluster(&config, &node_id).await?;
+        (stores, bus, None)
     } else {
-        tracing::info!(path = %secrets_path.display(), "secrets file");
-    }
+        let lock = lock_data_dir(&config.data_dir)?;
+        let (secrets, created) = crate::secrets::load_or_create(&config.data_dir)
+            .map_err(|e| ServeError::Secrets(e.to_string()))?;
+        crate::secrets::apply(&mut config, &secrets);
+        let secrets_path = crate::secrets::path(&config.data_dir);
+        if created {
+            tracing::info!(path = %secrets_path.display(), "generated a JWT secret and an admin API key");
+        } else {
+            tracing::info!(path = %secrets_path.display(), "secrets file");
+        }
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
+        let store =
+            EmbeddedStore::open(&config, lock, bus.clone(), metrics.clone(), node_id.clone())?;
+        (store.stores(), bus, Some(store))
+    };
     let auth =
         Authenticator::new(config.auth_settings()).map_err(|e| ServeError::Auth(e.to_string()))?;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
-    let metrics = Arc::new(Metrics::default());
-    let node_id = node_id(&config);
-    let store = EmbeddedStore::open(&config, lock, bus.clone(), metrics.clone(), node_id.clone())?;
 
     let listener = socket.listen(4096).map_err(|source| ServeError::Listen {
         addr: config.listen,
@@ -105,14 +114,8 @@ pub async fn run_until(
         source,
     })?;
 
-    let node = Arc::new(Node::new(
-        config,
-        auth,
-        store.stores(),
-        bus,
-        metrics,
-        node_id,
-    ));
+    let node = Arc::new(Node::new(config, auth, stores, bus, metrics, node_id));
+    node.set_listen(addr);
 
     // Listen first, so /health and /ready answer (503) while recovery runs.
     let (stop_accepting_tx, stop_accepting) = tokio::sync::watch::channel(false);
@@ -121,8 +124,13 @@ pub async fn run_until(
 
     // Recovery writes (every stored connection becomes Detached): on a disk under its reserve
     // they could be the writes that fill it, so wait for room, not ready, still stoppable.
+    let writable = async {
+        if let Some(store) = &embedded {
+            store.writable().await;
+        }
+    };
     tokio::select! {
-        () = store.writable() => {}
+        () = writable => {}
         () = &mut stop => {
             let _ = stop_accepting_tx.send(true);
             let _ = node.stopping.send(true);
@@ -142,8 +150,13 @@ pub async fn run_until(
     );
 
     node.start_background();
+    node.start_cluster();
     node.set_ready(true);
-    tracing::info!(node = node.id(), durability = ?node.config.durability, data_dir = %node.config.data_dir.display(), "ready");
+    if node.config.is_cluster() {
+        tracing::info!(node = node.id(), "ready, in cluster mode");
+    } else {
+        tracing::info!(node = node.id(), durability = ?node.config.durability, data_dir = %node.config.data_dir.display(), "ready");
+    }
 
     (&mut stop).await;
     tracing::info!("shutting down: closing sockets with 1001");
@@ -154,15 +167,38 @@ pub async fn run_until(
     Ok(())
 }
 
-/// This node's id: configured, or the host name and a random suffix, new at every start.
-fn node_id(_config: &Config) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "tether".into());
-    let suffix: String = crate::auth::new_token().chars().take(6).collect();
-    format!("{host}-{suffix}")
+/// The longest any Redis call may take in cluster mode before it counts as failed.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Cluster mode: the state of record and the bus in Redis (no data directory, no generated
+/// secrets: every node holds the configured ones).
+async fn open_cluster(
+    config: &Config,
+    node_id: &str,
+) -> Result<(crate::store::Stores, Arc<dyn Bus>), ServeError> {
+    let url = config.redis_url.clone().unwrap_or_default();
+    let settings = crate::store::redis::RedisSettings {
+        url: url.clone(),
+        prefix: config.redis_prefix.clone(),
+        node_id: node_id.to_string(),
+        limits: crate::store::Limits::from(config),
+        event_log_max: config.event_log_max,
+        session_ttl_seconds: config.session_ttl_seconds,
+        command_timeout: REDIS_TIMEOUT,
+    };
+    let store = crate::store::redis::RedisStore::connect(settings)
+        .await
+        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    let bus = crate::bus::redis::RedisBus::connect(
+        &url,
+        &config.redis_prefix,
+        REDIS_TIMEOUT,
+        BUS_CAPACITY,
+    )
+    .await
+    .map_err(|e| ServeError::Redis(e.to_string()))?;
+    tracing::info!(redis = %crate::bus::redis::redacted(&url), prefix = %config.redis_prefix, node = node_id, "cluster mode");
+    Ok((store.stores(), Arc::new(bus)))
 }
 
 /// Binds the listening address; `listen` follows once the store is open. The accept queue is

@@ -26,7 +26,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::auth::{ApiKey, Permission};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::node::Node;
 use crate::transport::{query_pairs, PeerAddr};
 
@@ -239,6 +239,14 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response> {
         .map(crate::transport::path_segment)
         .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    // A node that cannot reach its state of record (Redis) answers nothing it cannot stand
+    // behind: every /v1 route is 503 until it is back. (A full disk refuses writes only;
+    // reads of what is in memory still answer.)
+    if seg.first() == Some(&"v1") {
+        if let Err((ErrorCode::Unavailable, why)) = ctx.node.writable() {
+            return Err(ApiError::unavailable(why));
+        }
+    }
     match seg.as_slice() {
         ["v1", "connections", rest @ ..] => connections::route(ctx, rest, body).await,
         ["v1", "users", user, rest @ ..] => users::route(ctx, user, rest, body).await,

@@ -12,7 +12,7 @@ use warp::reply::{Reply, Response};
 use super::{json_reply, not_allowed, ok, sessions_perm, Ctx, Result, ADMIN, READ};
 use crate::auth::Permission;
 use crate::bus::{Channel, Received};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::model::EventType;
 use crate::node::EventQuery;
 
@@ -26,7 +26,11 @@ pub async fn route_open(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response> {
             // /health still answer.
             Err((code, reason)) => json_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unwritable", "code": code, "reason": reason}),
+                &json!({
+                    "status": if code == ErrorCode::Unavailable { "unavailable" } else { "unwritable" },
+                    "code": code,
+                    "reason": reason,
+                }),
             ),
             Ok(()) if !ctx.node.is_ready() => json_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +66,10 @@ pub async fn route_v1(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response> {
             ok(&json!({ "cleaned": n }))
         }
         (&Method::GET, ["registry"]) => super::connections::list(ctx).await,
+        (&Method::GET, ["nodes"]) => {
+            ctx.authorize(READ)?;
+            ok(&json!(ctx.node.nodes().await?))
+        }
         (&Method::GET, ["limits"]) => {
             ctx.authorize(READ)?;
             ok(&ctx.node.limits())
@@ -94,9 +102,10 @@ pub async fn route_v1(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response> {
             Ok(res)
         }
         (_, ["cleanup"]) => Err(not_allowed(ctx.req, &[Method::POST])),
-        (_, ["registry" | "limits" | "health" | "stats" | "events" | "bus" | "backup"]) => {
-            Err(not_allowed(ctx.req, &[Method::GET]))
-        }
+        (
+            _,
+            ["registry" | "nodes" | "limits" | "health" | "stats" | "events" | "bus" | "backup"],
+        ) => Err(not_allowed(ctx.req, &[Method::GET])),
         _ => Err(super::no_route(ctx.req)),
     }
 }

@@ -26,20 +26,26 @@ impl Node {
             Topic::Channel(Channel::SessionExpired),
             Topic::Node(self.id.clone()),
         ];
-        let events = self.bus.subscribe(&topics);
         let node = self.clone();
-        tokio::spawn(async move { node.react(events).await });
+        tokio::spawn(async move { node.react(&topics).await });
         let node = self.clone();
         tokio::spawn(async move { node.sweep_loop().await });
     }
 
     /// The reactor: the one subscriber that turns session changes into `session.updated`
     /// frames and 4503 closes, and commands addressed to this node into socket work.
-    async fn react(&self, mut events: crate::bus::Subscription) {
+    async fn react(&self, topics: &[Topic]) {
+        let mut events = self.bus.subscribe(topics);
         let mut stopping = self.stopping.subscribe();
+        // Where session events reach their connections: here, or in the store's own writes.
+        let sessions_here = !self.stores.sessions.reaches_connections();
         loop {
             let received = tokio::select! {
                 r = events.next() => r,
+                () = self.resubscribe.notified() => {
+                    events = self.bus.subscribe(topics);
+                    continue;
+                }
                 _ = stopping.wait_for(|s| *s) => return,
             };
             let event = match received {
@@ -57,7 +63,7 @@ impl Node {
                 None => return,
             };
             match event {
-                BusEvent::SessionUpdated(e) => {
+                BusEvent::SessionUpdated(e) if sessions_here => {
                     let ts = e.timestamp.clone();
                     let connection = e.connection_id.map(|c| c.to_string());
                     let updates = e.updates.clone().unwrap_or_default();
@@ -76,12 +82,16 @@ impl Node {
                         tracing::error!(error = %err, "a session update was not delivered");
                     }
                 }
-                BusEvent::SessionDeleted(e) => {
+                BusEvent::SessionDeleted(e) if sessions_here => {
                     self.session_ended(&e.session_id, "session deleted").await
                 }
-                BusEvent::SessionExpired(e) => {
+                BusEvent::SessionExpired(e) if sessions_here => {
                     self.session_ended(&e.session_id, "session expired").await
                 }
+                // The store's own writes reached the session's connections.
+                BusEvent::SessionUpdated(_)
+                | BusEvent::SessionDeleted(_)
+                | BusEvent::SessionExpired(_) => {}
                 BusEvent::Command { command, .. } => self.run_command(command),
                 BusEvent::SessionCreated(_) | BusEvent::Connection(_) => {}
             }

@@ -13,6 +13,7 @@
 //!   commands addressed to this node reach its sockets) and the sweeper.
 
 pub mod background;
+pub mod cluster;
 pub mod connect;
 pub mod ops;
 
@@ -50,6 +51,12 @@ pub struct Node {
     messages_per_second: AtomicU64,
     /// The newest of this node's bus probes it has seen come back.
     probe_seen: AtomicU64,
+    /// False while this node's subscription delivers nothing (see [`cluster`]).
+    bus_ok: AtomicBool,
+    /// Tells the reactor to subscribe again.
+    resubscribe: Notify,
+    /// The address this node listens on, once it does (`GET /v1/nodes`).
+    listen: std::sync::OnceLock<String>,
 }
 
 impl Node {
@@ -74,6 +81,9 @@ impl Node {
             stopping: watch::channel(false).0,
             messages_per_second: AtomicU64::new(0),
             probe_seen: AtomicU64::new(0),
+            bus_ok: AtomicBool::new(true),
+            resubscribe: Notify::new(),
+            listen: std::sync::OnceLock::new(),
         }
     }
 
@@ -87,14 +97,28 @@ impl Node {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Whether the store takes writes now: the code and the operator's reason when not.
+    /// The address this node listens on.
+    pub fn set_listen(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen.set(addr.to_string());
+    }
+
+    /// Whether the node can take traffic that writes: the store takes writes and (in a
+    /// cluster) the bus delivers. The code and the operator's reason when not.
     pub fn writable(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
-        self.stores.admin.healthy()
+        self.stores.admin.healthy()?;
+        if !self.bus_ok.load(Ordering::SeqCst) {
+            return Err((
+                crate::protocol::ErrorCode::Unavailable,
+                "this node's bus subscription delivers nothing; subscribing again".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// [`Node::writable`], asked before a connection is upgraded: a refusal is counted.
     pub fn admit_write(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {
-        self.stores.admin.admit_write()
+        self.stores.admin.admit_write()?;
+        self.writable()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -150,6 +174,13 @@ impl Node {
                 left = self.tasks.running(),
                 "some sockets did not finish closing in time"
             );
+        }
+        // In a cluster the connections are detached at once, so that another node can
+        // take their resumes now (a single node detaches them when it starts again).
+        match self.stores.nodes.leave(&self.id).await {
+            Ok(n) if n > 0 => tracing::info!(connections = n, "detached this node's connections"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "this node's connections were not detached"),
         }
         if let Err(e) = self.stores.admin.shutdown().await {
             tracing::error!(error = %e, "final flush failed");

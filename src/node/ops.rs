@@ -175,13 +175,31 @@ impl Node {
         json!({"maxPerUser": l.max_per_user, "maxTotal": l.max_total, "ttlSeconds": l.ttl_seconds})
     }
 
-    /// `getConnectionHealth`, with this node's figures.
+    /// `getConnectionHealth`, with this node's figures (and, in a cluster, how many nodes
+    /// are alive).
     pub async fn health(&self) -> Value {
         let mut h = self.stores.conns.health().await;
         h["memoryUsage"] = json!(crate::metrics::rss_bytes());
         h["sessions"] = json!(self.stores.sessions.count().await);
         h["bus"] = self.bus_figures();
+        if self.stores.admin.shared() {
+            h["nodes"] = json!(self.stores.nodes.nodes().await.map_or(0, |n| n.len()));
+        }
         h
+    }
+
+    /// `GET /v1/nodes`: the live nodes (one, this one, without a cluster).
+    pub async fn nodes(&self) -> Result<Vec<crate::store::NodeInfo>, StoreError> {
+        if self.stores.admin.shared() {
+            return self.stores.nodes.nodes().await;
+        }
+        Ok(vec![crate::store::NodeInfo {
+            node_id: self.id.clone(),
+            listen: self.listen.get().cloned().unwrap_or_default(),
+            started_at: String::new(),
+            last_seen: rfc3339(now_ms()),
+            connections: self.hub.len() as u64,
+        }])
     }
 
     /// `getConnectionStats`.

@@ -114,6 +114,19 @@ pub struct Limits {
     pub messages_per_minute: u32,
 }
 
+impl From<&crate::config::Config> for Limits {
+    fn from(config: &crate::config::Config) -> Limits {
+        Limits {
+            max_per_user: config.max_per_user,
+            max_total: config.max_total,
+            ttl_seconds: config.ttl_seconds,
+            resume_grace_seconds: config.resume_grace_seconds,
+            replay_buffer_messages: config.replay_buffer_messages as u64,
+            messages_per_minute: config.messages_per_minute,
+        }
+    }
+}
+
 /// An authenticated connection asking to be registered.
 pub struct NewConn {
     pub id: Uuid,
@@ -535,6 +548,15 @@ pub trait StoreAdmin: Send + Sync {
     /// Whether this store is shared by several nodes (cluster mode).
     fn shared(&self) -> bool {
         false
+    }
+    /// Whether the store found that what it holds was lost (Redis restarted empty): every
+    /// live socket names a record that no longer exists.
+    fn data_lost(&self) -> bool {
+        false
+    }
+    /// The node has closed its sockets after a loss of data: the store carries on.
+    async fn adopt_data_loss(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -15,7 +15,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod redis;
+
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The secrets every node of a test cluster shares (cluster mode generates none).
+pub const CLUSTER_JWT_SECRET: &str = "a cluster's shared secret, 32 bytes or more";
+pub const CLUSTER_ADMIN_KEY: &str = "tk_cluster_admin_key_for_the_tests_0001";
 
 pub struct Server {
     child: Option<Child>,
@@ -68,6 +74,37 @@ impl Server {
             args,
             jwt_secret: secrets["jwt_secret"].as_str().unwrap().to_string(),
             admin_key: secrets["admin_api_key"].as_str().unwrap().to_string(),
+            log,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    /// Starts a node of a cluster over the Redis at `redis_url`, with the shared secrets,
+    /// on its own temporary directory (which cluster mode does not use).
+    pub async fn start_node(redis_url: &str, args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut all: Vec<String> = vec![
+            "--redis-url".into(),
+            redis_url.into(),
+            "--jwt-secret".into(),
+            CLUSTER_JWT_SECRET.into(),
+            "--admin-api-key".into(),
+            CLUSTER_ADMIN_KEY.into(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let (child, addr, log) = spawn(&dir, &all)
+            .await
+            .unwrap_or_else(|e| panic!("node did not start: {e}"));
+        let s = Server {
+            child: Some(child),
+            addr,
+            dir,
+            _tmp: Some(tmp),
+            args: all,
+            jwt_secret: CLUSTER_JWT_SECRET.into(),
+            admin_key: CLUSTER_ADMIN_KEY.into(),
             log,
         };
         s.wait_ready().await;

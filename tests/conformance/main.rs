@@ -14,6 +14,7 @@ mod cluster;
 mod conns;
 mod events;
 mod nodes;
+#[path = "../common/redis.rs"]
 mod redis_server;
 mod sessions;
 

@@ -112,19 +112,6 @@ impl EmbeddedStore {
     }
 }
 
-impl From<&Config> for Limits {
-    fn from(config: &Config) -> Limits {
-        Limits {
-            max_per_user: config.max_per_user,
-            max_total: config.max_total,
-            ttl_seconds: config.ttl_seconds,
-            resume_grace_seconds: config.resume_grace_seconds,
-            replay_buffer_messages: config.replay_buffer_messages as u64,
-            messages_per_minute: config.messages_per_minute,
-        }
-    }
-}
-
 #[async_trait]
 impl StoreAdmin for EmbeddedStore {
     async fn snapshot(&self, secrets: Vec<u8>) -> Result<Vec<u8>, StoreError> {

@@ -409,4 +409,12 @@ impl StoreAdmin for RedisStore {
     fn shared(&self) -> bool {
         true
     }
+
+    fn data_lost(&self) -> bool {
+        self.epoch_changed()
+    }
+
+    async fn adopt_data_loss(&self) -> Result<(), StoreError> {
+        self.adopt_epoch().await.map(|_| ())
+    }
 }
