@@ -59,17 +59,22 @@ pub async fn embedded() -> Opened {
 }
 
 fn open_embedded(dir: &std::path::Path) -> (Stores, Arc<dyn Bus>) {
+    try_open_embedded(dir).expect("open the store")
+}
+
+fn try_open_embedded(
+    dir: &std::path::Path,
+) -> Result<(Stores, Arc<dyn Bus>), tether::store::StoreError> {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(1024));
-    let lock = lock_data_dir(dir).expect("lock the data directory");
+    let lock = lock_data_dir(dir)?;
     let store = EmbeddedStore::open(
         &config(dir),
         lock,
         bus.clone(),
         Arc::new(Metrics::default()),
         NODE.into(),
-    )
-    .expect("open the store");
-    (store.stores(), bus)
+    )?;
+    Ok((store.stores(), bus))
 }
 
 /// Runs `case` on the embedded store, then reopens it over the same data directory (the
@@ -92,15 +97,13 @@ where
         first.stores.admin.shutdown().await.expect("shutdown");
         v
     };
-    // The lock is released when the last reference to the first store goes; its tasks hold
-    // none of it.
+    // The directory lock is released when the last reference to the first store goes;
+    // sled's own lock on its files goes with the last of the first store's tasks, which may
+    // still be winding down (the session publisher ends when it sees its channel closed).
     let mut tries = 0;
     let second = loop {
-        match lock_data_dir(&dir) {
-            Ok(lock) => {
-                drop(lock);
-                break open_embedded(&dir);
-            }
+        match try_open_embedded(&dir) {
+            Ok(opened) => break opened,
             Err(_) if tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
