@@ -44,6 +44,8 @@ pub const KEYS: &[&str] = &[
     "max_body_bytes",
     "session_ttl_seconds",
     "session_cookie",
+    "session_max_bytes",
+    "max_sessions_per_user",
     "event_log_max",
     "durability",
     "flush_interval_ms",
@@ -254,6 +256,10 @@ pub struct Config {
     pub max_body_bytes: u64,
     pub session_ttl_seconds: u64,
     pub session_cookie: String,
+    /// Largest session `data`, as JSON, after a merge.
+    pub session_max_bytes: usize,
+    /// Live sessions one user may have.
+    pub max_sessions_per_user: usize,
     pub event_log_max: usize,
     pub durability: Durability,
     /// `None`: the mode's default, see [`Config::flush_interval`].
@@ -295,6 +301,8 @@ impl Default for Config {
             max_body_bytes: 1_048_576,
             session_ttl_seconds: 86_400,
             session_cookie: "tether_sid".to_string(),
+            session_max_bytes: 65_536,
+            max_sessions_per_user: 100,
             event_log_max: 100_000,
             durability: Durability::Batched,
             flush_interval_ms: None,
@@ -333,6 +341,8 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("session_ttl_seconds", &self.session_ttl_seconds)
             .field("session_cookie", &self.session_cookie)
+            .field("session_max_bytes", &self.session_max_bytes)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .field("event_log_max", &self.event_log_max)
             .field("durability", &self.durability)
             .field("flush_interval_ms", &self.flush_interval_ms)
@@ -560,6 +570,22 @@ pub struct ConfigArgs {
         help_heading = "Sessions"
     )]
     pub session_cookie: Option<String>,
+    /// Largest session data, as JSON, at least 2 (`{}`) [default: 65536]
+    #[arg(
+        long,
+        env = "TETHER_SESSION_MAX_BYTES",
+        value_name = "N",
+        help_heading = "Sessions"
+    )]
+    pub session_max_bytes: Option<String>,
+    /// Live sessions one user may have [default: 100]
+    #[arg(
+        long,
+        env = "TETHER_MAX_SESSIONS_PER_USER",
+        value_name = "N",
+        help_heading = "Sessions"
+    )]
+    pub max_sessions_per_user: Option<String>,
 
     /// sync, batched or relaxed: when a write is flushed relative to its acknowledgement [default: batched]
     #[arg(
@@ -651,6 +677,8 @@ impl ConfigArgs {
             ("outbound_queue_bytes", &self.outbound_queue_bytes),
             ("session_ttl_seconds", &self.session_ttl_seconds),
             ("session_cookie", &self.session_cookie),
+            ("session_max_bytes", &self.session_max_bytes),
+            ("max_sessions_per_user", &self.max_sessions_per_user),
             ("durability", &self.durability),
             ("flush_interval_ms", &self.flush_interval_ms),
             ("event_log_max", &self.event_log_max),
@@ -757,6 +785,7 @@ fn bounds(key: &str) -> (u64, u64) {
         "messages_per_minute" => (1, u64::from(u32::MAX)),
         "max_message_bytes" => (256, u64::MAX),
         "outbound_queue_bytes" => (1024, u64::MAX),
+        "session_max_bytes" => (2, u64::MAX),
         "cache_capacity_bytes" => (0, u64::MAX),
         _ => (1, u64::MAX),
     }
@@ -1010,6 +1039,8 @@ impl Config {
             "max_body_bytes" => self.max_body_bytes = number(key, text)?,
             "session_ttl_seconds" => self.session_ttl_seconds = number(key, text)?,
             "session_cookie" => self.session_cookie = text.trim().to_string(),
+            "session_max_bytes" => self.session_max_bytes = count(key, text)?,
+            "max_sessions_per_user" => self.max_sessions_per_user = count(key, text)?,
             "event_log_max" => self.event_log_max = count(key, text)?,
             "durability" => self.durability = choice(key, text, "sync, batched, relaxed")?,
             "flush_interval_ms" => {
@@ -1056,7 +1087,7 @@ impl Config {
         }
         self.validate_api_keys()?;
 
-        let numbers: [(&str, u64); 16] = [
+        let numbers: [(&str, u64); 18] = [
             ("jwt_leeway_seconds", self.jwt_leeway_seconds),
             ("max_per_user", self.max_per_user as u64),
             ("max_total", self.max_total as u64),
@@ -1070,6 +1101,8 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_body_bytes", self.max_body_bytes),
             ("session_ttl_seconds", self.session_ttl_seconds),
+            ("session_max_bytes", self.session_max_bytes as u64),
+            ("max_sessions_per_user", self.max_sessions_per_user as u64),
             ("event_log_max", self.event_log_max as u64),
             ("cache_capacity_bytes", self.cache_capacity_bytes),
             ("flush_interval_ms", self.flush_interval_ms.unwrap_or(1)),

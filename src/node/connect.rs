@@ -323,6 +323,12 @@ impl Node {
                 ErrorCode::SessionEnded,
                 "the session no longer exists".into(),
             )),
+            Err(e @ SessionError::TooLarge { .. }) => {
+                Err((ErrorCode::SessionTooLarge, e.to_string()))
+            }
+            Err(e @ SessionError::TooMany { .. }) => {
+                Err((ErrorCode::TooManySessions, e.to_string()))
+            }
             Err(SessionError::Store(e)) => Err(store_refused(&e)),
         }
     }

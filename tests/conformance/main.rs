@@ -24,6 +24,8 @@ pub const MAX_PER_USER: usize = 3;
 pub const MAX_TOTAL: usize = 8;
 pub const REPLAY: usize = 4;
 pub const GRACE_SECONDS: u64 = 1;
+pub const SESSION_MAX_BYTES: usize = 64;
+pub const SESSIONS_PER_USER: usize = 4;
 
 /// Stores opened for one case, with the bus they publish on.
 pub struct Opened {
@@ -42,6 +44,8 @@ fn config(dir: &std::path::Path) -> Config {
         resume_grace_seconds: GRACE_SECONDS,
         event_log_max: 50,
         session_ttl_seconds: 3600,
+        session_max_bytes: SESSION_MAX_BYTES,
+        max_sessions_per_user: SESSIONS_PER_USER,
         ..Config::default()
     }
 }
@@ -152,6 +156,7 @@ mod embedded {
         merges_updates_and_publishes_them_in_order,
         deletes_one_and_all_of_a_user,
         expired_sessions_are_gone_and_swept_once,
+        holds_the_size_and_count_limits_and_pages_a_users_list,
     );
     cases!(crate::embedded; events:
         logs_filters_and_bounds_the_log,

@@ -23,7 +23,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::durability::Flusher;
 use crate::metrics::Metrics;
-use crate::store::{Limits, NodeInfo, NodeStore, StoreAdmin, StoreError, Stores};
+use crate::store::{Limits, NodeInfo, NodeStore, SessionLimits, StoreAdmin, StoreError, Stores};
 
 /// The open store of a running server: the trees, the group-commit flusher, the lock.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ impl EmbeddedStore {
             trees.clone(),
             bus,
             flusher.clone(),
-            config.session_ttl_seconds,
+            SessionLimits::from(config),
         );
         Ok(EmbeddedStore {
             trees,
