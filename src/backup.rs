@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use crate::config::{BackupArgs, InspectArgs, RestoreArgs};
-use crate::store::embedded::snapshot::{verify, write_snapshot};
+use crate::store::embedded::snapshot::{check_records, verify, write_snapshot};
 use crate::store::{lock_data_dir, Trees, SCHEMA_VERSION};
 
 /// `tether backup`: from a running server (`--server`) or a stopped data directory.
@@ -106,6 +106,9 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read {}: {e}", args.from.display()))?;
     let snap = verify(&bytes)?;
+    // Every record before anything is written: a record tether could not have written (an
+    // event seq past 2^53, say) would be served as if it were true.
+    check_records(&snap).map_err(|e| format!("{e}; nothing was restored"))?;
     let dir = &args.data_dir;
     if dir.exists() {
         let mut entries =

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::Server;
+use std::time::Instant;
+
+use common::{Server, WAIT};
 use serde_json::{json, Value};
 
 // ----- 1. sessions are bounded -----------------------------------------------------------
@@ -167,4 +169,185 @@ async fn a_user_has_at_most_max_sessions_per_user_and_the_list_is_paged() {
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+}
+
+// ----- 2. a backup's records are checked, and no record stops the server ----------------
+
+/// A seq past 2^53 cannot even be told apart from its neighbours by a JSON client.
+const ABSURD_SEQ: u64 = 36_000_000_000_000_000;
+
+/// A server with a session, a connection and its events, stopped cleanly.
+async fn stopped_with_data() -> Server {
+    let mut server = Server::start(&[]).await;
+    server.create_session(json!({"userId": "ana"})).await;
+    let (mut ws, _) = server.connect("ana").await;
+    ws.close().await;
+    let (_ws, _) = server.connect("ana").await;
+    server.stop().await;
+    server
+}
+
+/// The backup format (see `store::embedded::snapshot`), written back after an edit.
+fn encode_backup(snap: &tether::store::embedded::snapshot::Snapshot) -> Vec<u8> {
+    use sha2::Digest;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"TETHERBK");
+    out.push(1);
+    out.extend_from_slice(&snap.schema.to_le_bytes());
+    out.extend_from_slice(&(snap.secrets.len() as u32).to_le_bytes());
+    out.extend_from_slice(&snap.secrets);
+    for (name, items) in &snap.trees {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+        for (k, v) in items {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    out.extend_from_slice(&0u16.to_le_bytes());
+    let digest = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+#[tokio::test]
+async fn restore_checks_every_record_and_names_the_bad_one() {
+    use tether::model::StoredEvent;
+    let server = stopped_with_data().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.tbk");
+    common::cli_ok(&[
+        "backup",
+        "--out",
+        common::arg(&good),
+        "--data-dir",
+        common::arg(&server.dir),
+    ]);
+    let bytes = std::fs::read(&good).unwrap();
+    let snap = tether::store::embedded::snapshot::verify(&bytes).unwrap();
+
+    // Each edit keeps the checksum valid; each makes one record wrong.
+    let edit = |tree: &str, f: &dyn Fn(&mut Vec<tether::store::embedded::snapshot::KeyValue>)| {
+        let mut s = tether::store::embedded::snapshot::verify(&bytes).unwrap();
+        let items = &mut s.trees.iter_mut().find(|(n, _)| n == tree).unwrap().1;
+        f(items);
+        encode_backup(&s)
+    };
+    let absurd_event = edit("events", &|items| {
+        let (k, v) = items.last_mut().unwrap();
+        let mut ev: StoredEvent = tether::codec::decode(v).unwrap();
+        ev.seq = ABSURD_SEQ;
+        *k = ABSURD_SEQ.to_be_bytes().to_vec();
+        *v = tether::codec::encode(&ev).unwrap();
+    });
+    let garbage_session = edit("sessions", &|items| {
+        items[0].1 = vec![1, 0xff, 0xfe, 0xfd];
+    });
+    let wrong_key = edit("conns", &|items| {
+        items[0].0 = vec![7; 16];
+    });
+    let unknown_tree = {
+        let mut s = tether::store::embedded::snapshot::verify(&bytes).unwrap();
+        s.trees
+            .push(("surprise".into(), vec![(b"k".to_vec(), b"v".to_vec())]));
+        encode_backup(&s)
+    };
+    assert!(
+        snap.trees
+            .iter()
+            .any(|(n, items)| n == "events" && !items.is_empty()),
+        "the backup holds events"
+    );
+    for (what, file, tree) in [
+        ("an event seq of 3.6e16", absurd_event, "events"),
+        (
+            "a session that does not decode",
+            garbage_session,
+            "sessions",
+        ),
+        ("a connection under another id's key", wrong_key, "conns"),
+        ("a tree tether does not have", unknown_tree, "surprise"),
+    ] {
+        let path = tmp.path().join("bad.tbk");
+        std::fs::write(&path, &file).unwrap();
+        let target = tmp.path().join(format!("restored-{tree}"));
+        let out = common::cli(&[
+            "restore",
+            "--from",
+            common::arg(&path),
+            "--data-dir",
+            common::arg(&target),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: restored: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{tree}`")) && stderr.contains("key"),
+            "{what}: the message names the tree and the key: {stderr}"
+        );
+        assert!(
+            !target.join("store").exists(),
+            "{what}: nothing is written for a refused backup"
+        );
+    }
+    // The good one still restores.
+    let target = tmp.path().join("restored");
+    common::cli_ok(&[
+        "restore",
+        "--from",
+        common::arg(&good),
+        "--data-dir",
+        common::arg(&target),
+    ]);
+}
+
+#[tokio::test]
+async fn a_stored_event_with_an_absurd_seq_does_not_stop_the_server() {
+    let mut server = stopped_with_data().await;
+    {
+        // What a damaged disk or a hand-edited store could hold: the event log's newest
+        // record 3.6e16 past its oldest.
+        let _lock = tether::store::lock_data_dir(&server.dir).unwrap();
+        let trees = tether::store::Trees::open(&server.dir, 1 << 20).unwrap();
+        let ev = tether::model::StoredEvent {
+            seq: ABSURD_SEQ,
+            connection_id: uuid::Uuid::new_v4(),
+            user_id: "ana".into(),
+            event_type: tether::model::EventType::Connected,
+            timestamp: 0,
+            details_json: "{}".into(),
+        };
+        trees
+            .events
+            .insert(
+                ABSURD_SEQ.to_be_bytes(),
+                tether::codec::encode(&ev).unwrap(),
+            )
+            .unwrap();
+        trees.db.flush().unwrap();
+    }
+    // Start-up logs a `detached` event for the stored connection: that append must not walk
+    // the 3.6e16 seqs between the oldest event and the newest.
+    let started = Instant::now();
+    server.restart().await;
+    assert!(started.elapsed() < WAIT, "ready in {:?}", started.elapsed());
+    let (status, _) = server.get_json("/health").await;
+    assert_eq!(status, 200);
+    let (_ws, welcome) = server.connect("ana").await;
+    assert_eq!(welcome["type"], "welcome");
+    let (status, events) = server.get_json("/v1/events?limit=10000").await;
+    assert_eq!(status, 200, "{events}");
+    let seqs: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.iter().all(|s| *s < 1 << 53),
+        "the event log serves no absurd seq and numbers on from the good ones: {seqs:?}"
+    );
+    assert!(seqs.len() >= 3, "the earlier events are kept: {seqs:?}");
 }

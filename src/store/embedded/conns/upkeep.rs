@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Delivered, Entry, Inner};
 use crate::codec;
-use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery};
+use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery, MAX_SEQ};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
 use crate::store::embedded::trees::keys;
 use crate::store::{Counts, RecoveryReport, StoreError, Sweep};
@@ -63,10 +63,13 @@ impl Inner {
         self.trees.conns_by_expiry.clear()?;
         for item in self.trees.conns.iter() {
             let (k, v) = item?;
-            let mut rec: ConnRecord = match codec::decode(&v) {
+            let decoded = codec::decode::<ConnRecord>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.check().map(|()| r));
+            let mut rec = match decoded {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(key = ?k, error = %e, "skipping a stored connection that does not decode; it is left in the store untouched");
+                    tracing::error!(key = ?k, error = %e, "skipping a stored connection that does not decode or holds what tether never writes; it is left in the store untouched");
                     report.unreadable += 1;
                     continue;
                 }
@@ -117,11 +120,22 @@ impl Inner {
             let Some(id) = k.as_ref().try_into().ok().map(u64::from_be_bytes) else {
                 continue;
             };
+            if id > MAX_SEQ {
+                // Ids are numbered on from the last one: a damaged one must not set them.
+                tracing::error!(
+                    delivery = id,
+                    "skipping a stored delivery numbered past 2^53; it is left in the store"
+                );
+                continue;
+            }
             last = id;
-            let stored: StoredDelivery = match codec::decode(&v) {
+            let decoded = codec::decode::<StoredDelivery>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.check().map(|()| d));
+            let stored = match decoded {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(delivery = id, error = %e, "skipping a stored delivery that does not decode; it is left in the store");
+                    tracing::error!(delivery = id, error = %e, "skipping a stored delivery that does not decode or holds what tether never writes; it is left in the store");
                     continue;
                 }
             };
