@@ -133,8 +133,10 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
         tree.apply_batch(batch).map_err(|e| e.to_string())?;
     }
     trees.db.flush().map_err(|e| e.to_string())?;
-    // The store now carries the backup's id.
-    trees.write_manifest(dir).map_err(|e| e.to_string())?;
+    // The store now carries the backup's id; it is whole, like one stopped cleanly.
+    trees
+        .record(dir, trees.event_high_water(), true)
+        .map_err(|e| e.to_string())?;
     if !snap.secrets.is_empty() {
         crate::secrets::replace_file(&crate::secrets::path(dir), &snap.secrets)
             .map_err(|e| e.to_string())?;

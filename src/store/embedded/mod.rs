@@ -14,6 +14,7 @@ mod trees;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -25,6 +26,10 @@ use crate::durability::Flusher;
 use crate::metrics::Metrics;
 use crate::store::{Limits, NodeInfo, NodeStore, SessionLimits, StoreAdmin, StoreError, Stores};
 
+/// How often a running server records in `store.manifest` the newest event seq it has
+/// made durable.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
+
 /// The open store of a running server: the trees, the group-commit flusher, the lock.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -34,7 +39,50 @@ pub struct EmbeddedStore {
     sessions: sessions::Sessions,
     events: Arc<events::EventLog>,
     data_dir: PathBuf,
+    manifest: Arc<ManifestWriter>,
     _lock: Arc<DirLock>,
+}
+
+/// Keeps `store.manifest` up to date while the server runs (see [`Trees::check_manifest`]):
+/// the newest durable event seq every [`RECORD_EVERY`], so that after a crash the next
+/// start still knows a lower bound of what the store must hold; the store's files at the
+/// clean stop.
+struct ManifestWriter {
+    trees: Trees,
+    flusher: Flusher,
+    data_dir: PathBuf,
+    /// (the event seq last recorded, whether the clean stop is recorded). One writer at a
+    /// time; after the clean stop nothing else is recorded.
+    state: std::sync::Mutex<(u64, bool)>,
+}
+
+impl ManifestWriter {
+    /// Records `event_seq`, read before the flush that made it durable.
+    fn record(&self, event_seq: u64, clean: bool) -> Result<(), StoreError> {
+        let mut state = crate::sync::lock(&self.state);
+        if state.1 || (!clean && event_seq <= state.0) {
+            return Ok(());
+        }
+        self.trees.record(&self.data_dir, event_seq, clean)?;
+        *state = (event_seq, clean);
+        Ok(())
+    }
+
+    /// Every [`RECORD_EVERY`] while the store is open: the newest event seq, once durable.
+    async fn run(me: std::sync::Weak<ManifestWriter>) {
+        let mut tick = tokio::time::interval(RECORD_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(me) = me.upgrade() else { return };
+            let seq = me.trees.event_high_water();
+            if me.flusher.flush_now().await.is_ok() {
+                if let Err(e) = me.record(seq, false) {
+                    tracing::warn!(error = %e, "cannot update store.manifest");
+                }
+            }
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -48,7 +96,17 @@ impl EmbeddedStore {
         node: String,
     ) -> Result<EmbeddedStore, StoreError> {
         let trees = Trees::open(&config.data_dir, config.cache_capacity_bytes)?;
+        // The store is checked and about to change: a clean stop's record no longer holds.
+        let event_seq = trees.event_high_water();
+        trees.record(&config.data_dir, event_seq, false)?;
         let flusher = Flusher::start(trees.db.clone(), config.durability, config.flush_interval());
+        let manifest = Arc::new(ManifestWriter {
+            trees: trees.clone(),
+            flusher: flusher.clone(),
+            data_dir: config.data_dir.clone(),
+            state: std::sync::Mutex::new((event_seq, false)),
+        });
+        tokio::spawn(ManifestWriter::run(Arc::downgrade(&manifest)));
         let events = Arc::new(events::EventLog::open(
             trees.events.clone(),
             config.event_log_max,
@@ -75,6 +133,7 @@ impl EmbeddedStore {
             sessions,
             events,
             data_dir: config.data_dir.clone(),
+            manifest,
             _lock: Arc::new(lock),
         })
     }
@@ -127,8 +186,10 @@ impl StoreAdmin for EmbeddedStore {
     async fn shutdown(&self) -> Result<(), StoreError> {
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || me.conns.persist_all()).await;
+        let event_seq = self.trees.event_high_water();
         self.flusher.flush_now().await?;
-        Ok(())
+        // What a copy of the stopped directory must hold, checked at its next start.
+        self.manifest.record(event_seq, true)
     }
 
     fn figures(&self) -> Vec<(&'static str, &'static str, f64)> {
