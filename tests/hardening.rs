@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 use common::{Server, WAIT};
 use serde_json::{json, Value};
 
+fn conn_id(welcome: &Value) -> String {
+    welcome["connectionId"].as_str().unwrap().to_string()
+}
+
+/// Polls `GET /v1/connections/{id}` until its state is `state` (`"gone"` for a 404), and
+/// returns the last body.
+async fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+        let now = match status {
+            404 => "gone",
+            200 => info["state"].as_str().unwrap_or("?"),
+            other => panic!("GET /v1/connections/{id}: {other} {info}"),
+        };
+        if now == state {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connection {id} is {now}, expected {state}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ----- 1. sessions are bounded -----------------------------------------------------------
 
 /// The next frame after the `welcome`.
@@ -497,4 +523,236 @@ async fn a_data_directory_copied_short_is_refused_as_damaged() {
         Ok(n) => panic!("a store short of its manifest's events was served with {n} sessions"),
         Err(log) => assert!(log.contains("records are missing"), "{log}"),
     }
+}
+
+// ----- 4. protocol violations close 1002 / 1007 and remove the connection ---------------
+
+/// A WebSocket client written by hand over TCP, so that it can break the protocol.
+struct RawWs {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// What a raw read found.
+#[derive(Debug, PartialEq)]
+enum RawFrame {
+    Text(String),
+    Close(Option<u16>),
+    Other(u8),
+    /// The TCP connection ended without a close frame.
+    Eof,
+}
+
+impl RawWs {
+    /// Sends `request` (an upgrade request without its final blank line) and returns the
+    /// status line and headers of the answer.
+    async fn request(server: &Server, request: &str) -> (RawWs, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(format!("{request}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut ws = RawWs {
+            tcp,
+            buf: Vec::new(),
+        };
+        let head = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(end) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
+                    ws.buf.drain(..end + 4);
+                    return head;
+                }
+                if !ws.fill().await {
+                    return String::from_utf8_lossy(&ws.buf).to_string();
+                }
+            }
+        })
+        .await
+        .expect("an answer to the upgrade request");
+        (ws, head)
+    }
+
+    fn upgrade(server: &Server, query: &str, version: &str, key: &str) -> String {
+        format!(
+            "GET /ws?{query} {version}\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n",
+            server.addr
+        )
+    }
+
+    /// Upgrades with a token for `user` and reads the welcome.
+    async fn connect(server: &Server, user: &str) -> (RawWs, Value) {
+        let query = format!("token={}", server.token(user, json!({})));
+        let req = RawWs::upgrade(server, &query, "HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==");
+        let (mut ws, head) = RawWs::request(server, &req).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        match ws.read().await {
+            RawFrame::Text(t) => {
+                let welcome: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(welcome["type"], "welcome");
+                (ws, welcome)
+            }
+            other => panic!("expected the welcome, got {other:?}"),
+        }
+    }
+
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        match self.tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn need(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The next frame from the server (never masked), within [`WAIT`].
+    async fn read(&mut self) -> RawFrame {
+        tokio::time::timeout(WAIT, async {
+            if !self.need(2).await {
+                return RawFrame::Eof;
+            }
+            let opcode = self.buf[0] & 0x0f;
+            let (len, at) = match self.buf[1] & 0x7f {
+                126 => {
+                    if !self.need(4).await {
+                        return RawFrame::Eof;
+                    }
+                    (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                }
+                127 => {
+                    if !self.need(10).await {
+                        return RawFrame::Eof;
+                    }
+                    let b: [u8; 8] = self.buf[2..10].try_into().unwrap();
+                    (u64::from_be_bytes(b) as usize, 10)
+                }
+                n => (n as usize, 2),
+            };
+            if !self.need(at + len).await {
+                return RawFrame::Eof;
+            }
+            let payload: Vec<u8> = self.buf.drain(..at + len).skip(at).collect();
+            match opcode {
+                1 => RawFrame::Text(String::from_utf8(payload).unwrap()),
+                8 => RawFrame::Close(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                ),
+                op => RawFrame::Other(op),
+            }
+        })
+        .await
+        .expect("a frame or the end in time")
+    }
+
+    /// Reads until a close frame or the end; returns the `disconnect` frame and the close.
+    async fn until_close(&mut self) -> (Option<Value>, RawFrame) {
+        let mut disconnect = None;
+        loop {
+            match self.read().await {
+                RawFrame::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "disconnect" {
+                        disconnect = Some(v);
+                    }
+                }
+                RawFrame::Other(_) => continue,
+                end => return (disconnect, end),
+            }
+        }
+    }
+
+    /// Writes one frame exactly as given: `first` is FIN, RSV and opcode; `mask` None sends
+    /// it unmasked.
+    async fn write(&mut self, first: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut f = vec![first];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n if n <= 0xffff => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(key) => {
+                f.extend_from_slice(&key);
+                f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            }
+            None => f.extend_from_slice(payload),
+        }
+        self.tcp.write_all(&f).await.unwrap();
+    }
+}
+
+const MASK: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
+
+#[tokio::test]
+async fn protocol_violations_close_1002_or_1007_and_remove_the_connection() {
+    let server = Server::start(&[]).await;
+    let ping = br#"{"type":"ping"}"#;
+    // (what, FIN/RSV/opcode byte, mask, payload, the close it must get)
+    let cases: [(&str, u8, _, Vec<u8>, u16); 9] = [
+        ("an unmasked client frame", 0x81, None, ping.to_vec(), 1002),
+        ("RSV1 set", 0x81 | 0x40, MASK, ping.to_vec(), 1002),
+        ("RSV3 set", 0x81 | 0x10, MASK, ping.to_vec(), 1002),
+        ("reserved data opcode 0x3", 0x83, MASK, ping.to_vec(), 1002),
+        ("reserved control opcode 0xB", 0x8b, MASK, Vec::new(), 1002),
+        ("a 126-byte ping", 0x89, MASK, vec![b'p'; 126], 1002),
+        ("a fragmented ping", 0x09, MASK, b"p".to_vec(), 1002),
+        (
+            "a continuation without a start",
+            0x80,
+            MASK,
+            ping.to_vec(),
+            1002,
+        ),
+        (
+            "invalid UTF-8 in a text frame",
+            0x81,
+            MASK,
+            vec![b'{', 0xc3, 0x28, b'}'],
+            1007,
+        ),
+    ];
+    for (what, first, mask, payload, code) in cases {
+        let (mut ws, welcome) = RawWs::connect(&server, "mallory").await;
+        let id = conn_id(&welcome);
+        ws.write(first, mask, &payload).await;
+        let (disconnect, end) = ws.until_close().await;
+        assert_eq!(
+            end,
+            RawFrame::Close(Some(code)),
+            "{what}: how the socket ended"
+        );
+        let d = disconnect.unwrap_or_else(|| panic!("{what}: no disconnect frame"));
+        assert_eq!(d["code"], code, "{what}: {d}");
+        assert_eq!(d["reconnect"], false, "{what}: {d}");
+        // Not resumable: the connection is gone, as after any close that removes it.
+        wait_for_state(&server, &id, "gone").await;
+    }
+    // A violation before authentication is refused the same way.
+    let req = RawWs::upgrade(&server, "", "HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==");
+    let (mut ws, head) = RawWs::request(&server, &req).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.write(0x81, None, ping).await;
+    let (_, end) = ws.until_close().await;
+    assert_eq!(end, RawFrame::Close(Some(1002)), "before authentication");
 }
