@@ -756,3 +756,71 @@ async fn protocol_violations_close_1002_or_1007_and_remove_the_connection() {
     let (_, end) = ws.until_close().await;
     assert_eq!(end, RawFrame::Close(Some(1002)), "before authentication");
 }
+
+// ----- 5. a resume larger than the outbound queue --------------------------------------
+
+#[tokio::test]
+async fn a_resume_larger_than_the_outbound_queue_gets_every_frame_in_order() {
+    let server = Server::start(&["--outbound-queue-bytes", "65536"]).await;
+    let (ws, welcome) = server.connect("ana").await;
+    let id = conn_id(&welcome);
+    // Lost without a close frame: Detached, resumable.
+    drop(ws);
+    wait_for_state(&server, &id, "detached").await;
+
+    let frames = 200u64;
+    let pad = "z".repeat(16 * 1024);
+    for n in 1..=frames {
+        let (status, body) = server
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/v1/connections/{id}/messages"),
+                json!({"data": {"n": n, "pad": pad}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["seq"], n, "{body}");
+    }
+
+    // 3.2 MB owed, 64 KiB of queue: the replay is paced by the socket, not refused.
+    let mut ws = server
+        .ws(&common::resume_query(&server, "ana", &welcome, Some(0)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(w["resumeError"], Value::Null, "{w}");
+    let mut seen = Vec::new();
+    while seen.len() < frames as usize {
+        match ws.try_recv(WAIT).await {
+            Some(f) if f["type"] == "message" => {
+                assert_eq!(f["data"]["pad"].as_str().map(str::len), Some(pad.len()));
+                seen.push(f["seq"].as_u64().unwrap());
+            }
+            Some(f) => panic!("after {} of {frames} replayed frames: {f}", seen.len()),
+            None => panic!(
+                "the socket ended after {} of {frames} replayed frames",
+                seen.len()
+            ),
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=frames).collect::<Vec<_>>(),
+        "every frame, in order"
+    );
+
+    // It is an ordinary connection now: new messages arrive, with the next seq.
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/v1/connections/{}/messages", conn_id(&w)),
+            json!({"data": "after"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let f = ws.recv_type("message").await;
+    assert_eq!(
+        (f["seq"].as_u64(), &f["data"]),
+        (Some(frames + 1), &json!("after"))
+    );
+}
