@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::{lock_data_dir, EmbeddedStore, StoreError};
-use crate::transport::PeerAddr;
+use crate::transport::{ConnAbort, PeerAddr};
 
 /// The body of every response: warp's, an SSE stream's, or a small JSON refusal.
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -185,9 +185,12 @@ async fn accept_loop(
         let node = node.clone();
         let routes = routes.clone();
         let mut stop = stop.clone();
+        let abort = ConnAbort::default();
+        let aborted = abort.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
+                let abort = abort.clone();
                 let node = node.clone();
                 let mut routes = routes.clone();
                 async move {
@@ -201,6 +204,7 @@ async fn accept_loop(
                             req.headers(),
                             req.uri().query(),
                             Some(peer),
+                            abort,
                         )
                         .await
                         .into_response(|b| match b {
@@ -228,6 +232,8 @@ async fn accept_loop(
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(SHUTDOWN_WAIT, conn).await;
                 }
+                // A transport gave up on its client (dropping `conn` closes the socket).
+                () = aborted.aborted() => {}
             }
         });
     }

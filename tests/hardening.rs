@@ -824,3 +824,155 @@ async fn a_resume_larger_than_the_outbound_queue_gets_every_frame_in_order() {
         (Some(frames + 1), &json!("after"))
     );
 }
+
+// ----- 6. an SSE reader that stops reading ----------------------------------------------
+
+/// The state and send queue of the server's side of a loopback TCP connection, from
+/// `/proc/net/tcp`: None once the kernel has let go of it.
+fn server_side(server_port: u16, client_port: u16) -> Option<(String, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str())).then(|| {
+            let state = match f[3] {
+                "01" => "ESTABLISHED".to_string(),
+                other => format!("state {other}"),
+            };
+            let queued = f[4].split(':').next().unwrap();
+            (state, u64::from_str_radix(queued, 16).unwrap())
+        })
+    })
+}
+
+#[tokio::test]
+async fn an_sse_reader_that_stops_reading_is_closed_4010_detached_and_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--outbound-queue-bytes", "65536"]).await;
+    let token = server.token("ana", json!({}));
+    // By hand, to know the connection's port: a client that reads the welcome and then
+    // nothing more.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /sse?token={token} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            server.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "the stream ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if let Some(data) = text
+                .split("event: welcome\n")
+                .nth(1)
+                .and_then(|w| w.split("data: ").nth(1))
+                .and_then(|d| d.split_once('\n'))
+            {
+                let welcome: Value = serde_json::from_str(data.0).unwrap();
+                return conn_id(&welcome);
+            }
+        }
+    })
+    .await
+    .expect("a welcome");
+    let client_port = tcp.local_addr().unwrap().port();
+
+    // Every buffer between the server and the client fills (the kernel's, the response
+    // pipe, then the 64 KiB queue), and the next message past that closes the connection as
+    // a slow consumer.
+    let pad = "s".repeat(32 * 1024);
+    let started = Instant::now();
+    let mut sent = 0;
+    loop {
+        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+        assert_eq!(status, 200, "{info}");
+        if info["state"] == "detached" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30) && sent < 2000,
+            "still {} after {sent} messages of 32 KiB in {:?}: {info}",
+            info["state"],
+            started.elapsed()
+        );
+        let (status, body) = server
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/v1/connections/{id}/messages"),
+                json!({"data": {"n": sent, "pad": pad}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sent += 1;
+    }
+    let (_, events) = server
+        .get_json(&format!("/v1/events?connectionId={id}&type=detached"))
+        .await;
+    assert_eq!(
+        events[0]["details"]["code"], 4010,
+        "detached as a slow consumer: {events}"
+    );
+
+    // Detached, the connection is no longer the server's to keep: within a bounded time it
+    // lets go of the socket, whatever the client does (here: still nothing).
+    let detached = Instant::now();
+    loop {
+        let side = server_side(server.addr.port(), client_port);
+        match &side {
+            Some((state, _)) if state == "ESTABLISHED" => {}
+            _ => break,
+        }
+        assert!(
+            detached.elapsed() < Duration::from_secs(5),
+            "{:?} after its 4010 the server still holds the connection: {side:?} (state, bytes \
+             queued)",
+            detached.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the client, reading again, finds the end of the connection.
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Ok(n) = tcp.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+
+    // What it missed is kept (as much as the replay buffer holds): a resume gets it, in
+    // order, up to the last message sent.
+    let mut sse = server
+        .sse(
+            &format!("token={token}"),
+            &[("Last-Event-ID", &format!("{id}:0"))],
+        )
+        .await
+        .expect("a resumed event stream");
+    let w = sse.event_named("welcome").await.json();
+    assert_eq!(w["resumed"], true, "{w}");
+    let mut last = None;
+    while last != Some(sent as u64) {
+        let m = sse.event_named("message").await.json();
+        let seq = m["seq"].as_u64().unwrap();
+        if let Some(prev) = last {
+            assert_eq!(seq, prev + 1, "in order, none missing: {m}");
+        }
+        last = Some(seq);
+    }
+}

@@ -18,6 +18,26 @@ use crate::node::{Handshake, Presented, ResumeRequest};
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Ends the HTTP connection a request came on, put into request extensions by the
+/// listener. A response body can end only when its client reads it: an SSE stream whose
+/// client stopped reading would keep its connection, and the kernel's send buffer behind
+/// it, for as long as that client likes. Its transport drops the connection instead.
+#[derive(Debug, Clone, Default)]
+pub struct ConnAbort(std::sync::Arc<tokio::sync::Notify>);
+
+impl ConnAbort {
+    /// Asks the listener to drop the connection now.
+    pub fn abort(&self) {
+        // A permit is kept if the listener is not waiting at this instant.
+        self.0.notify_one();
+    }
+
+    /// Resolves once [`ConnAbort::abort`] was called.
+    pub async fn aborted(&self) {
+        self.0.notified().await
+    }
+}
+
 /// Parses a query string into decoded pairs.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     let Some(q) = query else { return Vec::new() };
