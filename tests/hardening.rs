@@ -976,3 +976,36 @@ async fn an_sse_reader_that_stops_reading_is_closed_4010_detached_and_let_go() {
         last = Some(seq);
     }
 }
+
+// ----- 7. smaller things ----------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upgrade_over_http_1_0_or_with_a_malformed_key_is_a_400() {
+    let server = Server::start(&[]).await;
+    let query = format!("token={}", server.token("ana", json!({})));
+    let good_key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let cases = [
+        ("HTTP/1.0", good_key, "an HTTP/1.0 upgrade"),
+        ("HTTP/1.1", "abc", "a key that is not base64"),
+        ("HTTP/1.1", "AAAAAAAAAAAAAAAAAAAA", "base64 of 15 bytes"),
+        ("HTTP/1.1", "AAAAAAAAAAAAAAAAAAAAAAAA", "base64 of 18 bytes"),
+        ("HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ", "unpadded base64"),
+        ("HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==x", "trailing garbage"),
+    ];
+    for (version, key, what) in cases {
+        let (_, head) =
+            RawWs::request(&server, &RawWs::upgrade(&server, &query, version, key)).await;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(status, "400", "{what}: {head}");
+    }
+    let (_, head) = RawWs::request(
+        &server,
+        &RawWs::upgrade(&server, &query, "HTTP/1.1", good_key),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
