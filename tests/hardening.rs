@@ -1009,3 +1009,45 @@ async fn an_upgrade_over_http_1_0_or_with_a_malformed_key_is_a_400() {
     .await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
+
+#[tokio::test]
+async fn an_explicitly_empty_credential_fails_at_once() {
+    // A first-frame client would have 30 s; an empty credential must not wait for that.
+    let server = Server::start(&["--auth-timeout-ms", "30000"]).await;
+    for query in ["session_id=", "token=", "token=&session_id="] {
+        let started = Instant::now();
+        let mut ws = server.ws(query).await;
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, Some(4501), "{query}: {closed:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{query}: closed after {:?}",
+            started.elapsed()
+        );
+        let d = closed.disconnect.expect("a disconnect frame first");
+        assert_eq!(d["reason"], "empty credential", "{query}: {d}");
+    }
+    for (query, headers) in [
+        ("", &[("Authorization", "Bearer ")][..]),
+        ("", &[("X-Session-Id", " ")][..]),
+    ] {
+        let mut ws = server.ws_with_headers(query, headers).await;
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, Some(4501), "{headers:?}: {closed:?}");
+    }
+    // SSE refuses it the same way, with a 401.
+    for query in ["session_id=", "token="] {
+        match server.sse(query, &[]).await {
+            Ok(_) => panic!("{query}: an event stream"),
+            Err((status, body)) => {
+                assert_eq!(status, 401, "{query}: {body}");
+                assert_eq!(body["error"]["closeCode"], 4501, "{body}");
+            }
+        }
+    }
+    // A request without any credential still authenticates by its first frame.
+    let mut ws = server.ws("").await;
+    ws.send(json!({"type": "auth", "token": server.token("ana", json!({}))}))
+        .await;
+    assert_eq!(ws.recv_type("welcome").await["userId"], "ana");
+}

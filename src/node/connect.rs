@@ -61,6 +61,9 @@ impl Node {
     /// Checks a presented credential: a JWT or API key, or a session id.
     async fn authenticate(&self, cred: &Presented) -> Result<Identity, Disconnect> {
         let result = match cred {
+            Presented::Token(c) | Presented::Session(c) if c.is_empty() => {
+                Err(Disconnect::unauthorized("empty credential"))
+            }
             Presented::Token(raw) => match self.auth.verify(raw) {
                 Err(e) => Err(Disconnect::unauthorized(e.reason())),
                 Ok(v) => {
