@@ -1051,3 +1051,73 @@ async fn an_explicitly_empty_credential_fails_at_once() {
         .await;
     assert_eq!(ws.recv_type("welcome").await["userId"], "ana");
 }
+
+#[tokio::test]
+async fn api_errors_name_the_rule_that_was_broken() {
+    let server = Server::start(&[]).await;
+    let (_ws, welcome) = server.connect("ana").await;
+    let id = conn_id(&welcome);
+    let max = tether::config::MAX_SECONDS;
+    let cases = [
+        (
+            reqwest::Method::POST,
+            "/v1/sessions".to_string(),
+            json!({"userId": "a\u{0}b"}),
+            422,
+            "`userId` must be a non-empty string without NUL characters".to_string(),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/sessions".to_string(),
+            json!({"userId": "ana", "ttlSeconds": 0}),
+            422,
+            format!("`ttlSeconds` must be a whole number from 1 to {max}"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/connections/{id}/ttl"),
+            json!({"ttlSeconds": -5}),
+            422,
+            format!("`ttlSeconds` must be a whole number from 1 to {max}"),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/connections/{id}/metadata"),
+            json!({"rateLimit": {"messagesPerMinute": 0}}),
+            422,
+            format!(
+                "`rateLimit.messagesPerMinute` must be a whole number from 1 to {}",
+                u32::MAX
+            ),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/connections/{id}/metadata"),
+            json!({"rateLimit": {"messagesPerMinute": 1u64 << 40}}),
+            422,
+            format!(
+                "`rateLimit.messagesPerMinute` must be a whole number from 1 to {}",
+                u32::MAX
+            ),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/connections/{id}/metadata"),
+            json!({"rateLimit": {"burst": 1}}),
+            422,
+            "unknown or read-only field `rateLimit.burst` (allowed: rateLimit.messagesPerMinute)"
+                .to_string(),
+        ),
+    ];
+    for (method, path, body, status, message) in cases {
+        let (got, answer) = server.send_json(method.clone(), &path, body.clone()).await;
+        assert_eq!(got, status, "{method} {path} {body}: {answer}");
+        assert_eq!(
+            answer["error"]["message"], message,
+            "{method} {path} {body}"
+        );
+    }
+    // What was refused changed nothing.
+    let (_, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+    assert_eq!(info["metadata"]["rateLimit"]["messagesPerMinute"], 120);
+}

@@ -31,7 +31,9 @@ pub async fn route(ctx: &Ctx<'_>, rest: &[&str], body: Body) -> Result<Response>
             let user = opt_string(&b, "userId")?
                 .ok_or_else(|| ApiError::bad_request("`userId` is required"))?;
             if user.is_empty() || user.contains('\0') {
-                return Err(ApiError::invalid("`userId` must be a non-empty string"));
+                return Err(ApiError::invalid(
+                    "`userId` must be a non-empty string without NUL characters",
+                ));
             }
             let new = NewSession {
                 user_id: user,
