@@ -40,6 +40,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat_interval_ms",
     "resume_grace_seconds",
     "replay_buffer_messages",
+    "replay_buffer_bytes",
     "outbound_queue_bytes",
     "max_body_bytes",
     "session_ttl_seconds",
@@ -250,6 +251,8 @@ pub struct Config {
     pub resume_grace_seconds: u64,
     /// Per connection.
     pub replay_buffer_messages: usize,
+    /// Per connection: the size of the frames its replay buffer keeps.
+    pub replay_buffer_bytes: usize,
     /// Per connection.
     pub outbound_queue_bytes: usize,
     /// Largest HTTP API request body.
@@ -297,6 +300,7 @@ impl Default for Config {
             heartbeat_interval_ms: 25_000,
             resume_grace_seconds: 120,
             replay_buffer_messages: 256,
+            replay_buffer_bytes: 1_048_576,
             outbound_queue_bytes: 1_048_576,
             max_body_bytes: 1_048_576,
             session_ttl_seconds: 86_400,
@@ -337,6 +341,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("resume_grace_seconds", &self.resume_grace_seconds)
             .field("replay_buffer_messages", &self.replay_buffer_messages)
+            .field("replay_buffer_bytes", &self.replay_buffer_bytes)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("session_ttl_seconds", &self.session_ttl_seconds)
@@ -545,6 +550,14 @@ pub struct ConfigArgs {
         help_heading = "Connections"
     )]
     pub replay_buffer_messages: Option<String>,
+    /// Bytes of frames kept per connection for replay, oldest dropped first, at least 1024 [default: 1048576]
+    #[arg(
+        long,
+        env = "TETHER_REPLAY_BUFFER_BYTES",
+        value_name = "N",
+        help_heading = "Connections"
+    )]
+    pub replay_buffer_bytes: Option<String>,
     /// Bytes queued per connection before it is closed as a slow consumer, at least 1024 [default: 1048576]
     #[arg(
         long,
@@ -674,6 +687,7 @@ impl ConfigArgs {
             ("heartbeat_interval_ms", &self.heartbeat_interval_ms),
             ("resume_grace_seconds", &self.resume_grace_seconds),
             ("replay_buffer_messages", &self.replay_buffer_messages),
+            ("replay_buffer_bytes", &self.replay_buffer_bytes),
             ("outbound_queue_bytes", &self.outbound_queue_bytes),
             ("session_ttl_seconds", &self.session_ttl_seconds),
             ("session_cookie", &self.session_cookie),
@@ -784,7 +798,7 @@ fn bounds(key: &str) -> (u64, u64) {
         "heartbeat_interval_ms" => (10, MAX_MILLIS),
         "messages_per_minute" => (1, u64::from(u32::MAX)),
         "max_message_bytes" => (256, u64::MAX),
-        "outbound_queue_bytes" => (1024, u64::MAX),
+        "outbound_queue_bytes" | "replay_buffer_bytes" => (1024, u64::MAX),
         "session_max_bytes" => (2, u64::MAX),
         "cache_capacity_bytes" => (0, u64::MAX),
         _ => (1, u64::MAX),
@@ -1035,6 +1049,7 @@ impl Config {
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = number(key, text)?,
             "resume_grace_seconds" => self.resume_grace_seconds = number(key, text)?,
             "replay_buffer_messages" => self.replay_buffer_messages = count(key, text)?,
+            "replay_buffer_bytes" => self.replay_buffer_bytes = count(key, text)?,
             "outbound_queue_bytes" => self.outbound_queue_bytes = count(key, text)?,
             "max_body_bytes" => self.max_body_bytes = number(key, text)?,
             "session_ttl_seconds" => self.session_ttl_seconds = number(key, text)?,
@@ -1087,7 +1102,7 @@ impl Config {
         }
         self.validate_api_keys()?;
 
-        let numbers: [(&str, u64); 18] = [
+        let numbers: [(&str, u64); 19] = [
             ("jwt_leeway_seconds", self.jwt_leeway_seconds),
             ("max_per_user", self.max_per_user as u64),
             ("max_total", self.max_total as u64),
@@ -1098,6 +1113,7 @@ impl Config {
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("resume_grace_seconds", self.resume_grace_seconds),
             ("replay_buffer_messages", self.replay_buffer_messages as u64),
+            ("replay_buffer_bytes", self.replay_buffer_bytes as u64),
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_body_bytes", self.max_body_bytes),
             ("session_ttl_seconds", self.session_ttl_seconds),

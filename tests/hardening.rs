@@ -761,7 +761,14 @@ async fn protocol_violations_close_1002_or_1007_and_remove_the_connection() {
 
 #[tokio::test]
 async fn a_resume_larger_than_the_outbound_queue_gets_every_frame_in_order() {
-    let server = Server::start(&["--outbound-queue-bytes", "65536"]).await;
+    // The replay buffer keeps all 3.2 MB (its default is 1 MiB).
+    let server = Server::start(&[
+        "--outbound-queue-bytes",
+        "65536",
+        "--replay-buffer-bytes",
+        "4194304",
+    ])
+    .await;
     let (ws, welcome) = server.connect("ana").await;
     let id = conn_id(&welcome);
     // Lost without a close frame: Detached, resumable.
@@ -1120,4 +1127,55 @@ async fn api_errors_name_the_rule_that_was_broken() {
     // What was refused changed nothing.
     let (_, info) = server.get_json(&format!("/v1/connections/{id}")).await;
     assert_eq!(info["metadata"]["rateLimit"]["messagesPerMinute"], 120);
+}
+
+#[tokio::test]
+async fn the_replay_buffer_is_capped_in_bytes_too_oldest_dropped_first() {
+    let server = Server::start(&[]).await;
+    let (ws, welcome) = server.connect("ana").await;
+    let id = conn_id(&welcome);
+    drop(ws);
+    wait_for_state(&server, &id, "detached").await;
+    // 100 frames of 16 KiB: under the 256-frame count, over the default 1 MiB.
+    let pad = "b".repeat(16 * 1024);
+    for n in 1..=100 {
+        let (status, body) = server
+            .send_json(
+                reqwest::Method::POST,
+                &format!("/v1/connections/{id}/messages"),
+                json!({"data": {"n": n, "pad": pad}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut ws = server
+        .ws(&common::resume_query(&server, "ana", &welcome, Some(0)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert!(
+        w["resumeError"]
+            .as_str()
+            .is_some_and(|e| e.contains("messages lost")),
+        "the resume says what was lost: {w}"
+    );
+    let mut seqs = Vec::new();
+    let mut bytes = 0;
+    while seqs.last() != Some(&100) {
+        let f = ws.recv_type("message").await;
+        bytes += f.to_string().len();
+        seqs.push(f["seq"].as_u64().unwrap());
+    }
+    assert!(
+        bytes <= 1 << 20,
+        "{} frames, {bytes} bytes kept",
+        seqs.len()
+    );
+    assert!(seqs.len() >= 50, "as many as fit are kept: {}", seqs.len());
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..=100).collect::<Vec<_>>(),
+        "the newest, in order"
+    );
 }

@@ -64,6 +64,8 @@ pub struct Limits {
     pub ttl_seconds: u64,
     pub resume_grace_seconds: u64,
     pub replay_buffer_messages: u64,
+    /// Per connection, the rendered size of its replay buffer.
+    pub replay_buffer_bytes: usize,
     pub messages_per_minute: u32,
 }
 

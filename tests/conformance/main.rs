@@ -23,6 +23,7 @@ pub const NODE: &str = "node-a";
 pub const MAX_PER_USER: usize = 3;
 pub const MAX_TOTAL: usize = 8;
 pub const REPLAY: usize = 4;
+pub const REPLAY_BYTES: usize = 1024;
 pub const GRACE_SECONDS: u64 = 1;
 pub const SESSION_MAX_BYTES: usize = 64;
 pub const SESSIONS_PER_USER: usize = 4;
@@ -41,6 +42,7 @@ fn config(dir: &std::path::Path) -> Config {
         max_per_user: MAX_PER_USER,
         max_total: MAX_TOTAL,
         replay_buffer_messages: REPLAY,
+        replay_buffer_bytes: REPLAY_BYTES,
         resume_grace_seconds: GRACE_SECONDS,
         event_log_max: 50,
         session_ttl_seconds: 3600,
@@ -146,6 +148,7 @@ mod embedded {
         delivers_each_connection_its_own_seq_and_keeps_it_for_replay,
         an_ack_trims_what_a_resume_replays,
         a_resume_with_an_old_last_seq_says_what_was_lost,
+        the_replay_buffer_is_bounded_in_bytes_too,
         removes_by_id_by_user_and_by_session,
         migrates_to_a_new_id,
         detached_connections_go_after_the_grace_period,

@@ -158,6 +158,7 @@ impl From<&Config> for Limits {
             ttl_seconds: config.ttl_seconds,
             resume_grace_seconds: config.resume_grace_seconds,
             replay_buffer_messages: config.replay_buffer_messages as u64,
+            replay_buffer_bytes: config.replay_buffer_bytes,
             messages_per_minute: config.messages_per_minute,
         }
     }

@@ -1,14 +1,14 @@
 //! Upkeep: expiry, start-up recovery, and the figures of `/v1/health`, `/v1/stats` and
 //! `/metrics`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Delivered, Entry, Inner};
+use super::{Delivered, Entry, Inner, Ring};
 use crate::codec;
 use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery, MAX_SEQ};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
@@ -92,7 +92,7 @@ impl Inner {
                 &mut shard,
                 Entry {
                     rec,
-                    ring: VecDeque::new(),
+                    ring: Ring::default(),
                 },
                 false,
             );
@@ -113,7 +113,6 @@ impl Inner {
                 by_key.insert(e.rec.replay_key, *id);
             }
         }
-        let max = self.limits.replay_buffer_messages as usize;
         let mut last = 0;
         for item in self.trees.deliveries.iter() {
             let (k, v) = item?;
@@ -162,7 +161,7 @@ impl Inner {
                 self.with_entry(conn, |e| {
                     e.rec.seq = e.rec.seq.max(seq);
                     if seq > e.rec.acked {
-                        e.keep(seq, delivered.clone(), max);
+                        e.ring.keep(seq, delivered.clone(), &self.limits);
                     }
                 });
             }
