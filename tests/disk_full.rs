@@ -513,9 +513,11 @@ async fn a_flush_that_never_returns_fails_writes_and_shutdown_still_ends() {
         return;
     };
     let dir = fs.path().join("data");
+    // The big session below must pass session_max_bytes to reach sled.
     let env = [
         ("TETHER_DISK_RESERVE_BYTES", "0"),
         ("TETHER_FLUSH_TIMEOUT_MS", "1000"),
+        ("TETHER_SESSION_MAX_BYTES", "1048576"),
     ];
     let mut server = start_with_env(&dir, &env).await;
     let (status, s) = write(

@@ -52,11 +52,14 @@ impl CloseCode {
 
     /// What becomes of the record. A connection that can come back (expired, slow, silent)
     /// is kept Detached for its resume; one that was moved (resumed elsewhere) or is waiting
-    /// for the server to start again is left as it is; every other close removes it.
+    /// for the server to start again is left as it is; every other close removes it, a
+    /// client that broke the protocol (1002, 1007) among them: its socket is not lost, and
+    /// resuming it would only replay to a client that cannot frame.
     pub fn fate(self) -> Fate {
         match self {
             CloseCode::Expired | CloseCode::SlowConsumer | CloseCode::NoHeartbeat => Fate::Detach,
             CloseCode::ShuttingDown | CloseCode::Replaced => Fate::Keep,
+            CloseCode::ProtocolError | CloseCode::InvalidData => Fate::Remove,
             _ => Fate::Remove,
         }
     }

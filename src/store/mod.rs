@@ -111,6 +111,8 @@ pub struct Limits {
     pub ttl_seconds: u64,
     pub resume_grace_seconds: u64,
     pub replay_buffer_messages: u64,
+    /// Per connection, the rendered size of its replay buffer.
+    pub replay_buffer_bytes: usize,
     pub messages_per_minute: u32,
 }
 
@@ -122,6 +124,7 @@ impl From<&crate::config::Config> for Limits {
             ttl_seconds: config.ttl_seconds,
             resume_grace_seconds: config.resume_grace_seconds,
             replay_buffer_messages: config.replay_buffer_messages as u64,
+            replay_buffer_bytes: config.replay_buffer_bytes,
             messages_per_minute: config.messages_per_minute,
         }
     }
@@ -405,6 +408,14 @@ pub struct SessionPatch<'a> {
 pub enum SessionError {
     #[error("unknown session")]
     Unknown,
+    /// The session's data, merged, would pass `session_max_bytes`: nothing was written.
+    #[error("the session data would be {bytes} bytes of JSON, over session_max_bytes ({max})")]
+    TooLarge { bytes: usize, max: usize },
+    /// The user has `max_sessions_per_user` live sessions already: nothing was written.
+    #[error(
+        "the user has {max} live sessions, the most max_sessions_per_user allows; delete one first"
+    )]
+    TooMany { max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -421,12 +432,50 @@ impl From<crate::codec::CodecError> for SessionError {
     }
 }
 
+/// What the session store enforces, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// The lifetime of a session created without `ttlSeconds`.
+    pub ttl_seconds: u64,
+    /// The largest `data` a session may hold, as JSON, after a merge.
+    pub max_bytes: usize,
+    /// Live sessions one user may have.
+    pub max_per_user: usize,
+}
+
+impl From<&crate::config::Config> for SessionLimits {
+    fn from(c: &crate::config::Config) -> Self {
+        SessionLimits {
+            ttl_seconds: c.session_ttl_seconds,
+            max_bytes: c.session_max_bytes,
+            max_per_user: c.max_sessions_per_user,
+        }
+    }
+}
+
+impl SessionLimits {
+    /// Refuses `data` (the whole of a session's data, after any merge) past `max_bytes`.
+    pub fn check_data(&self, data: &Value) -> Result<String, SessionError> {
+        let text = data.to_string();
+        if text.len() > self.max_bytes {
+            return Err(SessionError::TooLarge {
+                bytes: text.len(),
+                max: self.max_bytes,
+            });
+        }
+        Ok(text)
+    }
+}
+
 /// Server-side sessions. Each write publishes its bus event once it is durable, in the
-/// order of the session's writes.
+/// order of the session's writes. Every write holds [`SessionLimits`]: a session's data
+/// stays within `max_bytes` (checked on the merged data, under the session's write lock),
+/// and a user has at most `max_per_user` live sessions (checked under the user's); a
+/// refused write changes nothing.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Creates a session; publishes `session:created`.
-    async fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError>;
+    async fn create(&self, new: NewSession) -> Result<SessionRecord, SessionError>;
     /// The live session `id` (an expired one is as good as gone).
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Merges `data` (RFC 7386), sets a new TTL if given; publishes `session:updates`.
@@ -439,6 +488,22 @@ pub trait SessionStore: Send + Sync {
     async fn delete(&self, id: &str) -> Result<SessionRecord, SessionError>;
     /// The user's live sessions.
     async fn list_user(&self, user: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// At most `limit` of the user's live sessions, in session id order, those after
+    /// `after` (a session id) when given.
+    async fn list_user_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut all = self.list_user(user).await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all
+            .into_iter()
+            .filter(|s| after.is_none_or(|a| s.id.as_str() > a))
+            .take(limit)
+            .collect())
+    }
     /// Deletes every session of `user`; returns how many.
     async fn delete_user(&self, user: &str) -> Result<usize, StoreError>;
     /// Removes sessions past their expiry; publishes `session:expired` for each.

@@ -367,7 +367,17 @@ pub async fn spawn_with_nofile(
                             return rest[..end].parse::<SocketAddr>().map_err(|e| e.to_string());
                         }
                     }
-                    _ => return Err(format!("server exited before listening:\n{}", log.lock().unwrap())),
+                    _ => {
+                        // It is exiting: its last words (the reason) may still be on stderr.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Ok(Some(line)) = err_lines.next_line().await {
+                                log.lock().unwrap().push_str(&line);
+                                log.lock().unwrap().push('\n');
+                            }
+                        })
+                        .await;
+                        return Err(format!("server exited before listening:\n{}", log.lock().unwrap()));
+                    }
                 },
                 l = err_lines.next_line() => if let Ok(Some(line)) = l {
                     log.lock().unwrap().push_str(&line);

@@ -48,6 +48,27 @@ where
     handle.outbox.shut();
 }
 
+/// The close a client's read error calls for: RFC 6455 §7.1.7 has a broken frame fail the
+/// connection with 1002 (bad framing: an unmasked frame, reserved bits or opcodes, a control
+/// frame over 125 bytes or fragmented, a continuation with nothing to continue) or 1007
+/// (a text frame that is not UTF-8). None when the socket itself went away: that is a lost
+/// socket, not a violation.
+fn violation(e: &tungstenite::Error) -> Option<Disconnect> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(p) => Some(Disconnect::new(
+            CloseCode::ProtocolError,
+            &format!("protocol error: {p}"),
+        )),
+        tungstenite::Error::Utf8(_) => Some(Disconnect::new(
+            CloseCode::InvalidData,
+            "a text frame that is not UTF-8",
+        )),
+        _ => None,
+    }
+}
+
 /// Reads until the client's close frame (or the socket ends, or `CLOSE_WAIT` passes).
 async fn drain<S>(stream: &mut S)
 where
@@ -79,6 +100,7 @@ where
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 // max_message_bytes holds before authentication too (SPEC §3: 1009).
                 Some(Err(tungstenite::Error::Capacity(_))) => return Err(Disconnect::too_large()),
+                Some(Err(e)) => return violation(&e).map_or(Ok(None), Err),
                 _ => return Ok(None),
             }
         }
@@ -345,7 +367,15 @@ impl<'a> ConnTask<'a> {
                     self.close(Disconnect::too_large());
                     return std::future::pending().await;
                 }
-                Some(Err(_)) => return End::Dropped,
+                Some(Err(e)) => match violation(&e) {
+                    // The writer sends the close; nothing more is read from a broken stream.
+                    Some(d) => {
+                        Metrics::inc(&self.node.metrics.bad_frames);
+                        self.close(d);
+                        return std::future::pending().await;
+                    }
+                    None => return End::Dropped,
+                },
                 Some(Ok(m)) => m,
             };
             let now = now_ms();
