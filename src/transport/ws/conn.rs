@@ -210,8 +210,7 @@ where
         }
     };
     handle.outbox.shut();
-    node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))
-        .await;
+    Box::pin(node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))).await;
 }
 
 enum End {
@@ -306,7 +305,9 @@ impl<'a> ConnTask<'a> {
         self.last_seen.store(now, Relaxed);
         if now - self.last_touch.load(Relaxed) >= TOUCH_EVERY_MS {
             self.last_touch.store(now, Relaxed);
-            self.node.touch(&self.handle.id(), self.activity()).await;
+            // Boxed: awaited futures are part of the connection task's state for its whole
+            // life, and a rare one should cost a pointer there, not its full size.
+            Box::pin(self.node.touch(&self.handle.id(), self.activity())).await;
         }
     }
 
@@ -390,7 +391,9 @@ impl<'a> ConnTask<'a> {
             match msg {
                 Message::Text(text) => {
                     Metrics::inc(&self.node.metrics.frames_in);
-                    self.on_text(now, &text).await;
+                    // Boxed for the same reason as in `seen`: a frame's handling (a session
+                    // update, a refresh) is the largest state the task would otherwise keep.
+                    Box::pin(self.on_text(now, &text)).await;
                 }
                 Message::Binary(_) => {
                     Metrics::inc(&self.node.metrics.frames_in);
@@ -596,6 +599,30 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("never happened; frames: {:?}", log.lock().unwrap());
+    }
+
+    /// A connection's task is what every idle connection keeps: its state must stay small.
+    #[tokio::test]
+    async fn the_connection_task_is_small() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = node(&tmp.path().join("data")).await;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handle = Handle::new(
+            Outbox::new(Box::new(Recorder(log)), 1 << 20, node.metrics.clone()),
+            120,
+        );
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let attached = Attached {
+            id: uuid::Uuid::nil(),
+            user: "u".into(),
+            session_id: None,
+            window_start: 0,
+            window_count: 0,
+        };
+        let task = serve(node.clone(), Socket(rx), handle, attached);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task state: {size} bytes");
+        assert!(size < 1024, "the connection task keeps {size} bytes");
     }
 
     #[tokio::test]
