@@ -196,6 +196,9 @@ pub struct ConnectArgs {
     pub settle_ms: u64,
     #[arg(long, default_value = "u")]
     pub user_prefix: String,
+    /// After the clean closes, how long activeConnections may take to come back.
+    #[arg(long, default_value_t = 15)]
+    pub close_settle_secs: u64,
     /// With --cluster: first run the same connect against one embedded server, then
     /// against the cluster, and report both and their ratios.
     #[arg(long)]

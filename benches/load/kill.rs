@@ -205,23 +205,26 @@ async fn watch_lease(
         .await
         .map_err(|e| format!("connecting to Redis: {e}"))?;
     let t0 = Instant::now();
+    let mut last_error = None;
     loop {
-        let score: Option<f64> = redis::cmd("ZSCORE")
+        // A Redis busy with a storm of resumes may answer late: ask again.
+        let asked: Result<Option<f64>, _> = redis::cmd("ZSCORE")
             .arg(&key)
             .arg(&node)
             .query_async(&mut con)
-            .await
-            .map_err(|e| format!("ZSCORE {key} {node}: {e}"))?;
-        match score {
-            Some(ms) => w.lease_end_ms.store(ms as u64, SeqCst),
-            None => {
+            .await;
+        match asked {
+            Ok(Some(ms)) => w.lease_end_ms.store(ms as u64, SeqCst),
+            Ok(None) => {
                 w.gone_ns.store(now_ns(), SeqCst);
                 return Ok(());
             }
+            Err(e) => last_error = Some(e.to_string()),
         }
         if t0.elapsed() > within {
             return Err(format!(
-                "{node} is still in {key} {within:?} after the kill"
+                "{node} is still in {key} {within:?} after the kill (last error: {})",
+                last_error.as_deref().unwrap_or("none")
             ));
         }
         sleep(Duration::from_millis(5)).await;
@@ -476,6 +479,13 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
         })
         .unwrap_or_default();
     let rep = fleet.close(Duration::from_secs(30)).await?;
+    // Every clean close must be stored: the cluster's count comes back to 0.
+    let t = Instant::now();
+    let mut active_after = target.active_connections().await.ok();
+    while active_after != Some(0) && t.elapsed() < Duration::from_secs(15) {
+        sleep(Duration::from_millis(200)).await;
+        active_after = target.active_connections().await.ok();
+    }
     target.stop_quietly().await;
 
     // Every connection's log against what its user was sent.
@@ -604,7 +614,7 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
         hist_line(&rep.resume)
     ));
     out.say(format!(
-        "messages: {rounds} rounds x {users} users ({} POSTs, errors: {}); {} owed to the connections, {} received: missed {}, duplicates {}, out of order {}; seq skipped {}, repeated {}",
+        "messages: {rounds} rounds x {users} users ({} POSTs, errors: {}); {} owed to the connections, {} received: missed {}, duplicates {}, out of order {}, of failed POSTs {}; seq skipped {}, repeated {}",
         sender.posts.load(SeqCst),
         errors_line(&post_errors),
         total.expected,
@@ -612,6 +622,7 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
         total.missed,
         total.duplicates,
         total.out_of_order,
+        total.unacknowledged,
         seq_skipped,
         seq_repeated,
     ));
@@ -639,6 +650,10 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
     ));
     out.say(format!("POST latency: {}", hist_line(&post_latency)));
     out.say(format!("connection errors: {}", errors_line(&rep.errors)));
+    out.say(format!(
+        "activeConnections after every client closed (1000): {}",
+        active_after.map(|v| v.to_string()).unwrap_or("?".into())
+    ));
     Ok(json!({
         "scenario": "node-kill",
         "nodes": nodes,
@@ -680,6 +695,7 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
         "missed": total.missed,
         "duplicates": total.duplicates,
         "outOfOrder": total.out_of_order,
+        "receivedOfFailedPosts": total.unacknowledged,
         "seqSkipped": seq_skipped,
         "seqRepeated": seq_repeated,
         "killedNodeClients": group_json(&groups[0]),
@@ -687,6 +703,7 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
         "leftAwayClients": group_json(&groups[2]),
         "deliveryLatencyUs": hist_json(&rep.delivery),
         "leaseWatch": watched.err(),
+        "activeConnectionsAfterClose": active_after,
         "errors": errors_json(&rep.errors),
         "server": target.describe(),
     }))

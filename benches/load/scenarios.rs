@@ -391,6 +391,19 @@ async fn connect_run(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         }
     }
     let rep = fleet.close(Duration::from_secs(30)).await?;
+    // Every clean close must be stored: the count comes back to where it started.
+    let (active_closed, close_settle) = match active0 {
+        Some(start) => {
+            let t = Instant::now();
+            let mut now = server.active_connections().await.ok();
+            while now != Some(start) && t.elapsed() < Duration::from_secs(a.close_settle_secs) {
+                sleep(Duration::from_millis(100)).await;
+                now = server.active_connections().await.ok();
+            }
+            (now, (now == Some(start)).then(|| t.elapsed().as_secs_f64()))
+        }
+        None => (None, None),
+    };
     let opened = c.opened.max(1) as f64;
     let per_conn = match (rss0, rss1) {
         (Some(b), Some(a2)) => Some((a2 as f64 - b as f64) / opened),
@@ -468,9 +481,14 @@ async fn connect_run(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         ));
     }
     out.say(format!(
-        "activeConnections: before {} after {}",
+        "activeConnections: before {} after {}, after the clean closes {} ({})",
         active0.map(|v| v.to_string()).unwrap_or("?".into()),
-        active1.map(|v| v.to_string()).unwrap_or("?".into())
+        active1.map(|v| v.to_string()).unwrap_or("?".into()),
+        active_closed.map(|v| v.to_string()).unwrap_or("?".into()),
+        match close_settle {
+            Some(s) => format!("back in {s:.1} s"),
+            None => format!("NOT back after {} s", a.close_settle_secs),
+        }
     ));
     out.say(format!("errors: {}", errors_line(&rep.errors)));
     Ok(json!({
@@ -497,6 +515,8 @@ async fn connect_run(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         "cpuPerConnectWithRedisUs": with_redis,
         "activeConnectionsBefore": active0,
         "activeConnectionsAfter": active1,
+        "activeConnectionsAfterClose": active_closed,
+        "closeSettleSecs": close_settle,
         "serverClosed": rep.counts.server_closed,
         "errors": errors_json(&rep.errors),
         "rssSamples": samples,
