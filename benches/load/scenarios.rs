@@ -249,6 +249,37 @@ pub fn errors_line(e: &BTreeMap<String, u64>) -> String {
     }
 }
 
+/// CPU of the nodes and of Redis (clock ticks) at one moment, for figures per operation.
+struct CpuMark {
+    nodes: Option<u64>,
+    redis: Option<u64>,
+}
+
+impl CpuMark {
+    fn now(t: &Target) -> CpuMark {
+        CpuMark {
+            nodes: t.cpu_ticks(),
+            redis: t.redis_cpu_ticks(),
+        }
+    }
+
+    /// Microseconds of CPU per operation since `self`: (nodes, Redis).
+    fn per_op(&self, t: &Target, ops: u64) -> (Option<f64>, Option<f64>) {
+        let now = CpuMark::now(t);
+        let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if ops > 0 => {
+                Some(b.saturating_sub(a) as f64 * 1e6 / util::clk_tck() as f64 / ops as f64)
+            }
+            _ => None,
+        };
+        (per(self.nodes, now.nodes), per(self.redis, now.redis))
+    }
+}
+
+fn us_or_q(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1} us")).unwrap_or("?".into())
+}
+
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -761,6 +792,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     }
     let mut send_hist = util::new_hist();
     let first_send = now_ns();
+    let cpu_mark = CpuMark::now(&server);
     let delivered_total = warm_delivered
         + send_rounds(
             &server,
@@ -794,6 +826,10 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             sleep(Duration::from_millis(10)).await;
         }
     };
+    let (cpu_per_frame, redis_cpu_per_frame) = cpu_mark.per_op(
+        &server,
+        fleet.counts().messages.saturating_sub(warm_delivered),
+    );
     let rep = fleet.report(Duration::from_secs(30)).await?;
     let cfinal = fleet.close(Duration::from_secs(30)).await?;
     server.stop_quietly().await;
@@ -820,6 +856,16 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         per_sec
     ));
     out.say(format!("delivery latency: {}", hist_line(&rep.delivery)));
+    out.say(format!(
+        "CPU per frame delivered: server{} {}{}",
+        if server.is_cluster() { " (nodes)" } else { "" },
+        us_or_q(cpu_per_frame),
+        if server.is_cluster() {
+            format!(", Redis {}", us_or_q(redis_cpu_per_frame))
+        } else {
+            String::new()
+        }
+    ));
     out.say(format!("errors: {}", errors_line(&cfinal.errors)));
     if !post_errors.is_empty() {
         out.say(format!("POST errors: {}", errors_line(&post_errors)));
@@ -844,6 +890,8 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "wallSecs": secs(wall_ns),
         "messagesPerSec": per_sec,
         "deliveryLatencyUs": hist_json(&rep.delivery),
+        "cpuPerFrameUs": cpu_per_frame,
+        "redisCpuPerFrameUs": redis_cpu_per_frame,
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),
     }))
@@ -1010,6 +1058,7 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     let mut patch_errors: BTreeMap<String, u64> = BTreeMap::new();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t_all = Instant::now();
+    let cpu_mark = CpuMark::now(&server);
     {
         let d2 = done.clone();
         let _p = Progress::start(out.progress, "patch", a.updates as u64, move || {
@@ -1061,6 +1110,7 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         }
     }
     let wall = t_all.elapsed();
+    let (cpu_per_update, redis_cpu_per_update) = cpu_mark.per_op(&server, a.updates as u64);
     pool.close_all(Duration::from_secs(10)).await;
     let srep = pool.stats.report();
     let orep = match others.as_mut() {
@@ -1079,6 +1129,16 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         wall.as_secs_f64(),
         a.update_timeout_ms,
         errors_line(&patch_errors)
+    ));
+    out.say(format!(
+        "CPU per update: server{} {}{}",
+        if server.is_cluster() { " (nodes)" } else { "" },
+        us_or_q(cpu_per_update),
+        if server.is_cluster() {
+            format!(", Redis {}", us_or_q(redis_cpu_per_update))
+        } else {
+            String::new()
+        }
     ));
     let mut errors = srep.errors.clone();
     if let Some(o) = &orep {
@@ -1100,6 +1160,8 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         "timeouts": timeouts,
         "patchErrors": patch_errors,
         "wallSecs": wall.as_secs_f64(),
+        "cpuPerUpdateUs": cpu_per_update,
+        "redisCpuPerUpdateUs": redis_cpu_per_update,
         "errors": errors_json(&errors),
         "server": server.describe(),
     }))
