@@ -544,6 +544,11 @@ async fn connect_run(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         "redisCpuPerConnectUs": redis_cpu_per,
         "redisRssPerConnBytes": redis_rss_per,
         "cpuPerConnectWithRedisUs": with_redis,
+        "cpuTicks": {
+            "nodes": [cpu0, cpu1],
+            "redis": [redis_cpu0, redis_cpu1],
+            "perSecond": util::clk_tck(),
+        },
         "activeConnectionsBefore": active0,
         "activeConnectionsAfter": active1,
         "activeConnectionsAfterClose": active_closed,
@@ -757,6 +762,10 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "{} connections open ({} failed)",
         c0.opened, c0.failed
     ));
+    if c0.failed > 0 {
+        let rep = fleet.report(Duration::from_secs(30)).await?;
+        out.say(format!("connect errors: {}", errors_line(&rep.errors)));
+    }
 
     // Warm-up rounds (not measured), then the measured ones.
     let mut post_errors: BTreeMap<String, u64> = BTreeMap::new();
