@@ -52,7 +52,10 @@ enum Command {
     Backup(BackupCmd),
     /// Restore a snapshot written by `tether backup` into an empty data directory
     Restore(RestoreCmd),
-    /// Show what a data directory holds: counts, sizes, schema version (server may be stopped)
+    /// Show what a data directory holds: counts, sizes, schema version
+    ///
+    /// A stopped data directory is read directly. Beside a running server (it holds
+    /// <data-dir>/tether.lock), the figures come from that server's API instead, and say so.
     Inspect(InspectCmd),
 }
 
@@ -123,7 +126,8 @@ struct BackupCmd {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Base URL of a running server to snapshot through its admin API, e.g.
-    /// http://127.0.0.1:8080 [default: none, read the stopped data directory]
+    /// http://127.0.0.1:8080 [default: the server running on the data directory, found by
+    /// its lock file; else read the stopped data directory]
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Admin API key for --server [default: admin_api_key from the configuration, else
@@ -149,6 +153,10 @@ struct InspectCmd {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// API key (read is enough) for a server running on the data directory [default:
+    /// admin_api_key from the configuration, else the one in <data-dir>/secrets.toml]
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
     #[command(flatten)]
     source: ConfigSource,
 }
@@ -163,15 +171,61 @@ fn main() -> ExitCode {
             from: cmd.from,
             data_dir: cmd.data_dir,
         })),
-        Command::Inspect(cmd) => match cmd.source.load() {
-            Err(e) => usage_error(e),
-            Ok(config) if config.is_cluster() => finish(Err(CLUSTER_STATE)),
-            Ok(config) => finish(tether::backup::inspect(InspectArgs {
-                data_dir: config.data_dir,
-                json: cmd.json,
-            })),
-        },
+        Command::Inspect(cmd) => inspect(cmd),
     }
+}
+
+/// `inspect`: a stopped data directory is read directly; a running server is asked
+/// through its API, and the report says so.
+fn inspect(cmd: InspectCmd) -> ExitCode {
+    let config = match cmd.source.load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    if config.is_cluster() {
+        return finish(Err(CLUSTER_STATE));
+    }
+    let running = match tether::running::find(&config.data_dir, config.listen) {
+        Ok(running) => running,
+        Err(e) => return finish(Err(e)),
+    };
+    let Some(server) = running else {
+        return finish(tether::backup::inspect(InspectArgs {
+            data_dir: config.data_dir,
+            json: cmd.json,
+        }));
+    };
+    let Some(key) = cmd.api_key.clone().or_else(|| admin_key(&config)) else {
+        return finish(Err(no_key(&config.data_dir, &server)));
+    };
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(tether::running::inspect(
+            &config.data_dir,
+            &server,
+            &key,
+            cmd.json,
+        ))),
+        Err(e) => finish(Err(format!("cannot start the async runtime: {e}"))),
+    }
+}
+
+/// The admin key of the configuration, else the generated one; never creates the file.
+fn admin_key(config: &Config) -> Option<String> {
+    config
+        .admin_api_key
+        .clone()
+        .or_else(|| stored_admin_key(&config.data_dir))
+}
+
+fn no_key(data_dir: &Path, server: &tether::running::Running) -> String {
+    format!(
+        "data directory {} is in use by a running tether ({}, {}), and no API key was found \
+         to ask it (admin_api_key is not configured and {} is not readable): pass --api-key",
+        data_dir.display(),
+        server.pid_text(),
+        server.base_url(),
+        secrets::path(data_dir).display()
+    )
 }
 
 /// What `backup` and `inspect` say in cluster mode, where no data directory holds the state.
@@ -379,17 +433,36 @@ fn backup(cmd: BackupCmd) -> ExitCode {
     if config.is_cluster() {
         return finish(Err(CLUSTER_STATE));
     }
-    let api_key = match (&cmd.server, cmd.api_key) {
+    let mut server = cmd.server;
+    if server.is_none() {
+        // A server running on the directory holds its lock: back it up through its API.
+        match tether::running::find(&config.data_dir, config.listen) {
+            Ok(None) => {}
+            Ok(Some(running)) => {
+                eprintln!(
+                    "tether is running on {} ({}): backing up through its admin API at {} \
+                     (address from {})",
+                    config.data_dir.display(),
+                    running.pid_text(),
+                    running.base_url(),
+                    running.found_by
+                );
+                if cmd.api_key.is_none() && admin_key(&config).is_none() {
+                    return finish(Err(no_key(&config.data_dir, &running)));
+                }
+                server = Some(running.base_url());
+            }
+            Err(e) => return finish(Err(e)),
+        }
+    }
+    let api_key = match (&server, cmd.api_key) {
         (_, Some(key)) => Some(key),
         (None, None) => None,
-        (Some(_), None) => config
-            .admin_api_key
-            .clone()
-            .or_else(|| stored_admin_key(&config.data_dir)),
+        (Some(_), None) => admin_key(&config),
     };
     let args = BackupArgs {
         out: cmd.out,
-        server: cmd.server,
+        server,
         api_key,
         data_dir: config.data_dir,
     };
