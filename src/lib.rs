@@ -35,7 +35,8 @@
 //! error body and the one mapping to HTTP statuses. [`model`] holds the records and their
 //! JSON shapes, [`metrics`] the counters of `/metrics`, [`backup`] the `backup`, `restore`
 //! and `inspect` commands ([`running`] finds the server running on a data directory, for
-//! them and for `listen`), [`time`] and [`sync`] small shared pieces.
+//! them and for `listen`), [`listen`] the terminal client, [`time`] and [`sync`] small
+//! shared pieces.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +49,7 @@ pub mod config;
 pub mod durability;
 pub mod error;
 pub mod hub;
+pub mod listen;
 pub mod listener;
 pub mod metrics;
 pub mod model;
