@@ -28,10 +28,20 @@ pub fn only(m: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
     }
 }
 
+/// A whole number: `60`, and also `60.0`, which JSON (and JSON Schema's `integer`) counts as
+/// the same number; some clients write every number as a float.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
 pub fn opt_u64(m: &Map<String, Value>, key: &str, min: u64) -> Result<Option<u64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole(n) {
             Some(v) if v >= min => Ok(Some(v)),
             _ => Err(ApiError::invalid(format!(
                 "`{key}` must be a whole number >= {min}"
