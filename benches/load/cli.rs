@@ -6,6 +6,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "load",
+    // cargo runs the bench as target/release/deps/load-<hash>; name it as it is typed.
+    bin_name = "cargo bench --bench load --",
     about = "Load generator for tether: cargo bench --bench load -- <SCENARIO> [OPTIONS]",
     long_about = "Load generator for tether.\n\n\
         By default it starts the release server itself (on a temp data dir and a free \
