@@ -133,6 +133,14 @@ pub struct Global {
     /// Deadline for the whole run.
     #[arg(long, global = true, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// connect, fanout: drive the floor server (benches/floor) instead of tether: spawned
+    /// (this generator re-executed as `serve`), or the one at --url.
+    #[arg(long, global = true)]
+    pub floor: bool,
+    /// connect, fanout: run against tether, then against a spawned floor server with the
+    /// same parameters; print both and each figure's ratio tether / floor.
+    #[arg(long, global = true, conflicts_with = "floor")]
+    pub vs_floor: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -402,6 +402,7 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         )
         .map(|_| String::new()),
     )?;
+    step("floor", crate::versus::self_check().await)?;
     step("local-fleet", fleet_cycle(&tiny, n, 100_000).await)?;
     step("worker-fleet", fleet_cycle(&tiny, n, n.div_ceil(3)).await)?;
     eprintln!("selftest: {passed} passed, 0 failed");
