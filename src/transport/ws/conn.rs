@@ -177,40 +177,57 @@ where
     }
 }
 
-/// The connection's working life: reader, writer and heartbeat, until it closes.
-pub async fn serve<S>(node: Arc<Node>, mut ws: S, handle: Arc<Handle>, attached: Attached)
+/// The connection's working life: reader, writer and heartbeat, until it closes. `keep` is
+/// held until the end (the node's count of running connection tasks).
+///
+/// A plain function around an `async move` block, so that its arguments are stored in the
+/// task once: an `async fn` keeps each argument twice (as the argument and as the local it
+/// becomes), and this future is what every idle connection keeps.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S, K>(
+    node: Arc<Node>,
+    mut ws: S,
+    handle: Arc<Handle>,
+    attached: Attached,
+    keep: K,
+) -> impl std::future::Future<Output = ()> + Send
 where
-    S: Stream<Item = WsResult> + Sink<Message> + Unpin,
+    S: Stream<Item = WsResult> + Sink<Message> + Unpin + Send,
+    K: Send,
 {
-    let conn = ConnTask::new(&node, &handle, &attached);
-    let end = tokio::select! {
-        end = conn.read(&mut ws) => end,
-        end = write(&handle) => end,
-        end = conn.heartbeat() => end,
-        () = overflowed(&handle) => End::Server(Disconnect::slow_consumer()),
-    };
-    let (fate, code) = match end {
-        End::ClientClosed(code) => {
-            // Sends the reply tungstenite queued when it read the client's close (a `send`
-            // of our own close would be refused in that state).
-            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
-            (Fate::Remove, code)
-        }
-        End::Dropped => (Fate::Detach, None),
-        End::Server(d) => {
-            if d.code == CloseCode::SlowConsumer {
-                // The backlog is stuck on a socket nobody reads: try once, briefly, to get the
-                // close out after it.
-                let _ = tokio::time::timeout(Duration::from_millis(500), handle.outbox.write_out())
-                    .await;
-            } else {
-                drain(&mut ws).await;
+    async move {
+        let conn = ConnTask::new(&node, &handle, &attached);
+        let end = tokio::select! {
+            end = conn.read(&mut ws) => end,
+            end = write(&handle) => end,
+            end = conn.heartbeat() => end,
+            () = overflowed(&handle) => End::Server(Disconnect::slow_consumer()),
+        };
+        let (fate, code) = match end {
+            End::ClientClosed(code) => {
+                // Sends the reply tungstenite queued when it read the client's close (a
+                // `send` of our own close would be refused in that state).
+                let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
+                (Fate::Remove, code)
             }
-            (d.fate(), Some(d.code.as_u16()))
-        }
-    };
-    handle.outbox.shut();
-    Box::pin(node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))).await;
+            End::Dropped => (Fate::Detach, None),
+            End::Server(d) => {
+                if d.code == CloseCode::SlowConsumer {
+                    // The backlog is stuck on a socket nobody reads: try once, briefly, to
+                    // get the close out after it.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), handle.outbox.write_out())
+                            .await;
+                } else {
+                    drain(&mut ws).await;
+                }
+                (d.fate(), Some(d.code.as_u16()))
+            }
+        };
+        handle.outbox.shut();
+        Box::pin(node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))).await;
+        drop(keep);
+    }
 }
 
 enum End {

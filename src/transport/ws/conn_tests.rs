@@ -139,7 +139,7 @@ async fn the_connection_task_is_small() {
         window_start: 0,
         window_count: 0,
     };
-    let task = serve(node.clone(), Socket(rx), handle, attached);
+    let task = serve(node.clone(), Socket(rx), handle, attached, ());
     let size = std::mem::size_of_val(&task);
     eprintln!("connection task state: {size} bytes");
     assert!(size < 1024, "the connection task keeps {size} bytes");
@@ -182,6 +182,7 @@ async fn first_frame_auth_then_frames_answered_then_abuse_closed() {
         socket,
         handle.clone(),
         attached.clone(),
+        (),
     ));
     tx.send(Ok(Message::text(
         r#"{"type":"ping","id":1180591620717411303424}"#,
