@@ -192,9 +192,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         for (state, n) in &by_state {
             println!("  {state:<14} {n}");
         }
-        if unreadable > 0 {
-            println!("  unreadable     {unreadable}");
-        }
+        println!("  unreadable     {unreadable}");
         println!("sessions         {}", trees.sessions.len());
         println!("events           {}", trees.events.len());
         println!("deliveries       {}", trees.deliveries.len());

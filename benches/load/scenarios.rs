@@ -799,6 +799,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             a.warmup_messages
         ));
     }
+    let cpu0 = server.cpu_ticks();
     let mut send_hist = util::new_hist();
     let first_send = now_ns();
     let cpu_mark = CpuMark::now(&server);
@@ -839,11 +840,17 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         &server,
         fleet.counts().messages.saturating_sub(warm_delivered),
     );
+    // Server CPU from the first measured send until the last frame arrived.
+    let cpu1 = server.cpu_ticks();
     let rep = fleet.report(Duration::from_secs(30)).await?;
     let cfinal = fleet.close(Duration::from_secs(30)).await?;
     server.stop_quietly().await;
     let c = &rep.counts;
     let measured = c.messages.saturating_sub(warm_delivered);
+    let cpu_secs = match (cpu0, cpu1) {
+        (Some(b), Some(a2)) => Some((a2 - b) as f64 / util::clk_tck() as f64),
+        _ => None,
+    };
     let wall_ns = c.last_frame_ns.saturating_sub(first_send).max(1);
     let per_sec = measured as f64 / secs(wall_ns);
     out.say(format!(
@@ -901,6 +908,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "deliveryLatencyUs": hist_json(&rep.delivery),
         "cpuPerFrameUs": cpu_per_frame,
         "redisCpuPerFrameUs": redis_cpu_per_frame,
+        "serverCpuSecs": cpu_secs,
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),
     }))

@@ -37,6 +37,16 @@ pub fn only_in(m: &Map<String, Value>, parent: &str, allowed: &[&str]) -> Result
     }
 }
 
+/// A whole number: `60`, and also `60.0`, which JSON (and JSON Schema's `integer`) counts as
+/// the same number; some clients write every number as a float.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
 /// An optional whole number from `min` to `max` under `key`, named `shown` in the message
 /// (its whole path): 422 for any other number, 400 for what is not a number.
 pub fn opt_range(
@@ -48,7 +58,7 @@ pub fn opt_range(
 ) -> Result<Option<u64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole(n) {
             Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
             _ => Err(ApiError::invalid(format!(
                 "`{shown}` must be a whole number from {min} to {max}"

@@ -196,7 +196,7 @@ impl Node {
         Ok(vec![crate::store::NodeInfo {
             node_id: self.id.clone(),
             listen: self.listen.get().cloned().unwrap_or_default(),
-            started_at: String::new(),
+            started_at: rfc3339(self.started_at),
             last_seen: rfc3339(now_ms()),
             connections: self.hub.len() as u64,
         }])

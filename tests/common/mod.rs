@@ -339,10 +339,15 @@ pub async fn spawn_with_nofile(
             sh
         }
     };
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
+    cmd.arg("serve");
+    // A port of its own unless the test chose one (to restart on the same port).
+    if !args
+        .iter()
+        .any(|a| a == "--listen" || a.starts_with("--listen="))
+    {
+        cmd.arg("--listen").arg("127.0.0.1:0");
+    }
+    cmd.arg("--data-dir")
         .arg(dir)
         .args(args)
         .env_remove("RUST_LOG")

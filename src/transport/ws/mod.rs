@@ -207,10 +207,7 @@ pub async fn handle<B>(
         )
         .await;
         if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs, pending).await {
-            tokio::spawn(async move {
-                conn::serve(node, ws, handle, attached).await;
-                drop(guard);
-            });
+            tokio::spawn(conn::serve(node, ws, handle, attached, guard));
         }
     });
 
