@@ -8,7 +8,7 @@
 //! | `meta` | name | codec value (`schema_version`, `event_seq`) |
 //! | `conns` | connection id (16 bytes) | [`crate::model::ConnRecord`] |
 //! | `conns_by_user` | user id, 0, connectedAt (8), connection id | empty |
-//! | `conns_by_expiry` | expiresAt (8), connection id | empty |
+//! | `conns_by_expiry` | expiresAt (8), connection id | empty; no longer written (expiry is found in memory), emptied at start-up |
 //! | `events` | event seq (8) | [`crate::model::StoredEvent`] |
 //! | `sessions` | session id | [`crate::model::SessionRecord`] |
 //! | `sessions_by_user` | user id, 0, session id | empty |
@@ -496,13 +496,6 @@ pub mod keys {
         k.push(0);
         k.extend_from_slice(&connected_at.to_be_bytes());
         k.extend_from_slice(id.as_bytes());
-        k
-    }
-
-    pub fn by_expiry(expires_at: i64, id: &Uuid) -> [u8; 24] {
-        let mut k = [0u8; 24];
-        k[..8].copy_from_slice(&expires_at.to_be_bytes());
-        k[8..].copy_from_slice(id.as_bytes());
         k
     }
 

@@ -78,7 +78,7 @@ impl Inner {
                 .expires_at
                 .max(now + self.limits.ttl_seconds as i64 * 1000);
             rec.meta.last_activity = now;
-            if let Err(e) = self.write_new(&rec) {
+            if let Err(e) = self.write_admitted(&mut rec) {
                 // The old record stays as it was, resumable.
                 self.insert_locked(
                     shard_idx,
@@ -126,7 +126,7 @@ impl Inner {
             });
         }
 
-        let rec = ConnRecord {
+        let mut rec = ConnRecord {
             id: new.id,
             user: StoredUser::from(&new.user),
             session_id: new.session_id,
@@ -141,7 +141,7 @@ impl Inner {
             acked: 0,
             replay_key: new.id,
         };
-        if let Err(e) = self.write_new(&rec) {
+        if let Err(e) = self.write_admitted(&mut rec) {
             self.attached.fetch_sub(1, Ordering::SeqCst);
             return Err(e.into());
         }
@@ -173,6 +173,17 @@ impl Inner {
             replay_after: 0,
             closing,
         })
+    }
+
+    /// Writes the record of a connection being admitted as it stands once activated, so
+    /// that [`Inner::activate`] has nothing to write. The stored state is read only by
+    /// `inspect` and by recovery, which detaches every record that is not Detached: a crash
+    /// before the activation leaves the same store either way.
+    fn write_admitted(&self, rec: &mut ConnRecord) -> Result<(), crate::store::StoreError> {
+        rec.state = ConnState::Active;
+        let written = self.write_new(rec);
+        rec.state = ConnState::Authenticated;
+        written
     }
 
     /// `enforceConnectionLimits`: makes room for one more connection of `user`.
@@ -267,8 +278,8 @@ impl Inner {
 
     pub(super) fn activate(&self, id: &Uuid, replay_after: u64) -> Option<Activation> {
         self.with_entry(id, |entry| {
+            // Stored as Active at admission (`write_admitted`).
             entry.rec.state = ConnState::Active;
-            self.persist(&entry.rec, Some(entry.rec.expires_at));
             self.events.log(
                 *id,
                 &entry.rec.user.id,
@@ -305,12 +316,12 @@ impl Inner {
                     }
                     entry.rec.state = ConnState::Detached;
                     entry.rec.detached_at = Some(now_ms());
-                    self.persist(&entry.rec, Some(entry.rec.expires_at));
+                    self.persist(&entry.rec);
                     let user = entry.rec.user.id.clone();
                     self.events
                         .log(*id, &user, EventType::Detached, json!({"code": code}));
                 }
-                Fate::Keep => self.persist(&entry.rec, Some(entry.rec.expires_at)),
+                Fate::Keep => self.persist(&entry.rec),
             }
         });
     }

@@ -42,7 +42,7 @@ use crate::model::{ConnRecord, ConnState, EventType};
 use crate::protocol::{Disconnect, FrameTemplate};
 use crate::store::{Closing, Limits, Removed, StoreError};
 use crate::sync::{hash_str, lock};
-use crate::time::{now_ms, Millis};
+use crate::time::now_ms;
 
 const SHARDS: usize = 64;
 
@@ -201,7 +201,7 @@ impl Conns {
         let inner = &self.inner;
         for shard in inner.shards.iter() {
             for entry in lock(shard).conns.values() {
-                inner.persist(&entry.rec, Some(entry.rec.expires_at));
+                inner.persist(&entry.rec);
             }
         }
     }
@@ -287,26 +287,19 @@ impl Inner {
 
     // ----- write-through -------------------------------------------------------------
 
-    /// Writes a record (and its expiry key). A write an answer depends on propagates its
-    /// error; see [`Inner::persist`] for the lazy ones.
-    fn write(&self, rec: &ConnRecord, old_expiry: Option<Millis>) -> Result<(), StoreError> {
+    /// Writes a record. A write an answer depends on propagates its error; see
+    /// [`Inner::persist`] for the lazy ones. Expiry has no index in the store: the sweeper
+    /// finds it in memory, so a record is one insert.
+    fn write(&self, rec: &ConnRecord) -> Result<(), StoreError> {
         self.trees
             .conns
             .insert(keys::conn(&rec.id), codec::encode(rec)?)?;
-        if let Some(old) = old_expiry.filter(|o| *o != rec.expires_at) {
-            self.trees
-                .conns_by_expiry
-                .remove(keys::by_expiry(old, &rec.id))?;
-        }
-        self.trees
-            .conns_by_expiry
-            .insert(keys::by_expiry(rec.expires_at, &rec.id), &[])?;
         Ok(())
     }
 
     /// Writes a new record and its user index.
     fn write_new(&self, rec: &ConnRecord) -> Result<(), StoreError> {
-        self.write(rec, None)?;
+        self.write(rec)?;
         self.trees
             .conns_by_user
             .insert(keys::by_user(&rec.user.id, rec.connected_at, &rec.id), &[])?;
@@ -315,8 +308,8 @@ impl Inner {
 
     /// Writes back what nothing was acknowledged on (activity, the Active state, a detach):
     /// a failure is logged; the record as last written stays the truth.
-    fn persist(&self, rec: &ConnRecord, old_expiry: Option<Millis>) {
-        if let Err(e) = self.write(rec, old_expiry) {
+    fn persist(&self, rec: &ConnRecord) {
+        if let Err(e) = self.write(rec) {
             tracing::error!(error = %e, connection = %rec.id, "cannot store a connection");
         }
     }
@@ -334,10 +327,6 @@ impl Inner {
             self.trees
                 .conns_by_user
                 .remove(keys::by_user(&rec.user.id, rec.connected_at, &rec.id));
-        let _ = self
-            .trees
-            .conns_by_expiry
-            .remove(keys::by_expiry(rec.expires_at, &rec.id));
     }
 
     /// Removes the delivery records no replay buffer holds any more (the sweeper calls it,

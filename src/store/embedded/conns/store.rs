@@ -172,7 +172,7 @@ impl ConnStore for Conns {
             if let Some(v) = patch.messages_per_minute {
                 m.rate_limit.messages_per_minute = v;
             }
-            inner.write(&rec, Some(rec.expires_at))?;
+            inner.write(&rec)?;
             e.rec = rec;
             Ok::<_, StoreError>((e.rec.user.id.clone(), inner.info(&e.rec)))
         });
@@ -190,7 +190,7 @@ impl ConnStore for Conns {
             let mut rec = e.rec.clone();
             rec.expires_at = now_ms().saturating_add((ttl_seconds as i64).saturating_mul(1000));
             rec.meta.last_activity = now_ms();
-            inner.write(&rec, Some(e.rec.expires_at))?;
+            inner.write(&rec)?;
             e.rec = rec;
             Ok::<_, StoreError>(inner.info(&e.rec))
         });
@@ -268,7 +268,7 @@ impl ConnStore for Conns {
             entry.ring.drop_through(upto);
             // The deliveries let go here are what recovery reads `seq` back from; the record
             // keeps it instead, so a restart never hands out a seq the client already has.
-            inner.persist(&entry.rec, Some(entry.rec.expires_at));
+            inner.persist(&entry.rec);
         });
         Ok(())
     }

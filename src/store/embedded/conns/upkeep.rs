@@ -60,6 +60,7 @@ impl Inner {
         let now = now_ms();
         let mut report = RecoveryReport::default();
         self.trees.conns_by_user.clear()?;
+        // Written by earlier releases only; nothing reads it.
         self.trees.conns_by_expiry.clear()?;
         for item in self.trees.conns.iter() {
             let (k, v) = item?;
