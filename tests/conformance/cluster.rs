@@ -10,6 +10,7 @@ use uuid::Uuid;
 use tether::bus::{BusEvent, Channel, Received, SessionEvent, Topic};
 use tether::model::{EventType, Source};
 use tether::protocol::Fate;
+use tether::store::redis::RedisStore;
 use tether::store::{
     AdmitError, NewSession, ResumeRequest, SessionPatch, StoreAdmin, StoreError, Target,
 };
@@ -384,4 +385,87 @@ pub async fn a_slow_subscriber_is_told_what_it_missed(o: &Opened) {
     );
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     assert_eq!(bus.lagged(), lagged);
+}
+
+/// How many times Redis ran `cmd` (scripts' calls included) since the last `CONFIG RESETSTAT`.
+async fn calls_of(con: &mut ::redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    let key = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Admission reads no record of the user's but those it evicts, however many connections the
+/// user has (it used to read them all: the k-th connection of one user cost O(k)); eviction
+/// still takes the oldest Detached one first, else the oldest.
+pub async fn admission_does_not_read_every_record_of_the_user() {
+    const MANY: usize = 200;
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = MANY;
+    settings.limits.max_total = 10 * MANY;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    let stores = store.stores();
+    let c = &*stores.conns;
+    let base = tether::time::now_ms();
+    let mut at = 0;
+    let mut admit_one = async || {
+        let mut n = new_conn("many", None, None);
+        n.meta.connected_at = base + at;
+        at += 1;
+        let a = c.admit(n, NODE).await.expect("admitted");
+        c.activate(&a.id, a.replay_after).await.unwrap().unwrap();
+        a
+    };
+    let mut ids = Vec::new();
+    for _ in 0..MANY {
+        ids.push(admit_one().await.id);
+    }
+    c.finish(&ids[MANY / 2], Fate::Detach, None, None).await;
+    let mut con = raw(&url).await;
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let first = admit_one().await;
+    let second = admit_one().await;
+    let third = admit_one().await;
+    let read = calls_of(&mut con, "hgetall").await;
+    assert!(
+        read <= 6,
+        "three admissions read {read} records of a user with {MANY} connections"
+    );
+    assert!(first.closing.is_empty(), "the Detached one went: no socket");
+    assert!(
+        c.info(&ids[MANY / 2]).await.is_none(),
+        "the Detached one went first"
+    );
+    let closed: Vec<_> = [&second, &third]
+        .iter()
+        .map(|a| {
+            (
+                a.closing.len(),
+                a.closing[0].id,
+                a.closing[0].disconnect.code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        closed,
+        vec![
+            (1, ids[0], tether::protocol::CloseCode::Evicted),
+            (1, ids[1], tether::protocol::CloseCode::Evicted)
+        ],
+        "then the oldest"
+    );
+    assert_eq!(c.user_connections("many").await.len(), MANY);
 }

@@ -13,6 +13,7 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `P:{u:U}:conns` | ZSET | the user's connection ids by connectedAt |
+//! | `P:{u:U}:dc` | ZSET | the user's Detached connection ids by connectedAt (eviction's pick) |
 //! | `P:{u:U}:c:<id>` | HASH | a connection record (fields in `lua/common.lua`) |
 //! | `P:{u:U}:r:<rk>` | LIST | its replay buffer, `<seq>\|<kind>\|<rest>`, capped |
 //! | `P:{u:U}:sc:<sid>` | SET | connection ids linked to session `sid` |
