@@ -639,3 +639,42 @@ async fn a_resume_takes_over_a_dead_node_s_connection_before_its_lease_runs_out(
         .await;
     assert_eq!(info["state"], "active", "{info}");
 }
+
+#[tokio::test]
+async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still_ended_once() {
+    const SOCKETS: usize = 20;
+    let redis = RedisServer::start(false);
+    let n = nodes(&redis, 2, &[]).await;
+    let mut open = Vec::new();
+    for i in 0..SOCKETS {
+        let (ws, welcome) = n[0].connect(&format!("end{i}")).await;
+        open.push((ws, id_of(&welcome)));
+    }
+    // Redis stops answering for longer than a node's command timeout (2 s) while the clients
+    // close: every end's first try times out.
+    redis.signal("STOP");
+    for (ws, _) in &mut open {
+        ws.close().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.signal("CONT");
+    for (_, id) in &open {
+        eventually(
+            &n[1],
+            &format!("/v1/connections/{id}"),
+            "the record of a closed connection is gone",
+            |s, _| s == 404,
+        )
+        .await;
+        let events = eventually(
+            &n[1],
+            &format!("/v1/events?connectionId={id}&type=disconnected"),
+            "its disconnected event is logged",
+            |s, e| s == 200 && !e.as_array().unwrap().is_empty(),
+        )
+        .await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "once: {events}");
+    }
+    let (_, health) = n[1].get_json("/v1/health").await;
+    assert_eq!(health["activeConnections"], 0, "{health}");
+}

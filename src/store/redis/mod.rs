@@ -20,6 +20,7 @@
 //! | `P:{u:U}:n` | HASH | the user's live and active counts |
 //! | `P:{u:U}:sessions`, `P:{u:U}:s:<sid>` | SET, HASH | the user's sessions |
 //! | `P:cid:<id>`, `P:sid:<sid>` | STRING | locators: the user of a connection, of a session |
+//! | `P:fin:<id>` | STRING | a connection's end, `<token>\|<answer>`, for its retries (expires) |
 //! | `P:sc:<sid>` | STRING | the user whose connections are linked to session `sid` |
 //! | `P:users` | ZSET | users with connections (lexicographic, for paging) |
 //! | `P:total` | STRING | attached connections (`max_total`) |
@@ -108,6 +109,8 @@ struct Inner {
     events: events::Queue,
     /// Redis calls that failed or timed out, since start.
     errors: AtomicU64,
+    /// Connections' ends that Redis did not take in time, retried by the sweep.
+    ends: conns::Ends,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -151,6 +154,7 @@ impl RedisStore {
             health: Mutex::new(Health::default()),
             events,
             errors: AtomicU64::new(0),
+            ends: conns::Ends::default(),
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -379,6 +383,8 @@ impl StoreAdmin for RedisStore {
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
+        // One more try for the ends still waiting; what is left is detached with the node.
+        self.inner.retry_ends().await;
         self.inner.events.flush().await
     }
 
