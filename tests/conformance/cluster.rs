@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use tether::bus::{BusEvent, Channel, Received, SessionEvent, Topic};
 use tether::model::{EventType, Source};
-use tether::protocol::Fate;
+use tether::protocol::{Fate, FrameTemplate};
 use tether::store::redis::RedisStore;
 use tether::store::{
     AdmitError, NewSession, ResumeRequest, SessionPatch, StoreAdmin, StoreError, Target,
@@ -468,4 +468,93 @@ pub async fn admission_does_not_read_every_record_of_the_user() {
         "then the oldest"
     );
     assert_eq!(c.user_connections("many").await.len(), MANY);
+}
+
+/// A busy queue on the store's connection, every call of which Redis answers within the
+/// command timeout, does not make the store unhealthy (under a resume storm a node's probe
+/// timed out behind the resumes and the node answered 503 for a moment although Redis was
+/// fine).
+pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
+    const CONNS: usize = 150;
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = CONNS;
+    settings.limits.max_total = CONNS;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    let stores = store.stores();
+    for _ in 0..CONNS {
+        admit(&*stores.conns, "big", None).await;
+    }
+    let deliver = |c: std::sync::Arc<dyn tether::store::ConnStore>| async move {
+        let t = FrameTemplate::message("{\"n\":1}", "t");
+        let started = Instant::now();
+        let r = c
+            .deliver(Target::User("big"), t, &|_, to, _| to.len(), true)
+            .await;
+        r.ok().map(|_| started.elapsed())
+    };
+    // Messages to the user (each one script over its 150 connections), sent in a loop by
+    // more and more tasks until each waits about half a command timeout in the queue: every
+    // call is answered in time, and so must the probe be.
+    let until = Instant::now() + Duration::from_secs(6);
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let spawn = |n: usize, tasks: &mut Vec<tokio::task::JoinHandle<(Duration, usize)>>| {
+        for _ in 0..n {
+            let (c, latest) = (stores.conns.clone(), latest.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut slowest, mut failed) = (Duration::ZERO, 0);
+                while Instant::now() < until {
+                    match deliver(c.clone()).await {
+                        Some(took) => {
+                            slowest = slowest.max(took);
+                            let mut l = latest.lock().unwrap();
+                            *l = (*l).max(took);
+                        }
+                        None => failed += 1,
+                    }
+                }
+                (slowest, failed)
+            }));
+        }
+    };
+    let mut tasks = Vec::new();
+    spawn(10, &mut tasks);
+    let target = crate::COMMAND_TIMEOUT / 2;
+    let mut unhealthy = Vec::new();
+    let mut next_look = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        if let Err((_, why)) = store.healthy() {
+            unhealthy.push(why);
+        }
+        if Instant::now() >= next_look && until - Instant::now() > Duration::from_secs(3) {
+            let seen = std::mem::take(&mut *latest.lock().unwrap());
+            if seen < target * 9 / 10 {
+                let grow = (target.as_secs_f64() / seen.as_secs_f64().max(0.001)).min(1.5);
+                spawn(
+                    (tasks.len() as f64 * (grow - 1.0)).ceil() as usize,
+                    &mut tasks,
+                );
+            }
+            next_look = Instant::now() + Duration::from_millis(300);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight = tasks.len();
+    let (mut slowest, mut failed) = (Duration::ZERO, 0);
+    for t in tasks {
+        let (s, f) = t.await.unwrap();
+        slowest = slowest.max(s);
+        failed += f;
+    }
+    assert!(
+        slowest > crate::COMMAND_TIMEOUT * 3 / 10,
+        "{in_flight} in flight queued only {slowest:?}: the case shows nothing"
+    );
+    assert!(
+        unhealthy.is_empty(),
+        "unhealthy {} times while Redis answered calls ({in_flight} in flight, slowest {slowest:?}, {failed} failed): {:?}",
+        unhealthy.len(),
+        unhealthy.first()
+    );
 }
