@@ -231,10 +231,11 @@ local function deliver(user, ids, kind, rest, tail)
       local rl = replay_key(user, f[3])
       if REPLAY > 0 then
         local entry = int(seq) .. '|' .. kind .. '|' .. rest
-        redis.call('RPUSH', rl, entry)
+        -- RPUSH answers the list's new length: no LLEN (this loop runs once per target
+        -- connection, so each call in it counts).
+        local len = redis.call('RPUSH', rl, entry)
         local bytes = redis.call('INCRBY', replay_bytes_key(rl), frame_len(entry))
         -- Oldest first, past either bound; the newest is always kept.
-        local len = redis.call('LLEN', rl)
         while len > 1 and (len > REPLAY or bytes > REPLAY_BYTES) do
           local e = replay_pop(rl)
           if not e then break end
