@@ -640,8 +640,10 @@ async fn a_resume_takes_over_a_dead_node_s_connection_before_its_lease_runs_out(
     assert_eq!(info["state"], "active", "{info}");
 }
 
-#[tokio::test]
-async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still_ended_once() {
+/// Opens `SOCKETS` connections on one node, stops Redis (SIGSTOP) for `pause` while their
+/// clients close, lets it go on, and checks that every record is gone with one
+/// `disconnected` event each; `via_sweep`: whether the ends outlived their retries.
+async fn ends_while_redis_is_stopped(pause: Duration, via_sweep: bool) {
     const SOCKETS: usize = 20;
     let redis = RedisServer::start(false);
     let n = nodes(&redis, 2, &[]).await;
@@ -650,13 +652,11 @@ async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still
         let (ws, welcome) = n[0].connect(&format!("end{i}")).await;
         open.push((ws, id_of(&welcome)));
     }
-    // Redis stops answering for longer than a node's command timeout (2 s) while the clients
-    // close: every end's first try times out.
     redis.signal("STOP");
     for (ws, _) in &mut open {
         ws.close().await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(pause).await;
     redis.signal("CONT");
     for (_, id) in &open {
         eventually(
@@ -677,4 +677,23 @@ async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still
     }
     let (_, health) = n[1].get_json("/v1/health").await;
     assert_eq!(health["activeConnections"], 0, "{health}");
+    assert_eq!(
+        n[0].logs().contains("the sweep tries again"),
+        via_sweep,
+        "whether ends were left to the sweep"
+    );
+}
+
+#[tokio::test]
+async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still_ended_once() {
+    // Longer than a node's command timeout (2 s): every end's first try times out, and a
+    // retry stores it.
+    ends_while_redis_is_stopped(Duration::from_secs(3), false).await;
+}
+
+#[tokio::test]
+async fn connections_ended_while_redis_stalls_past_every_retry_are_ended_by_the_sweep() {
+    // Longer than an end's retries (five command timeouts, 10 s): the ends wait for the
+    // sweep, which stores them once Redis answers again.
+    ends_while_redis_is_stopped(Duration::from_secs(12), true).await;
 }
