@@ -639,3 +639,61 @@ async fn a_resume_takes_over_a_dead_node_s_connection_before_its_lease_runs_out(
         .await;
     assert_eq!(info["state"], "active", "{info}");
 }
+
+/// Opens `SOCKETS` connections on one node, stops Redis (SIGSTOP) for `pause` while their
+/// clients close, lets it go on, and checks that every record is gone with one
+/// `disconnected` event each; `via_sweep`: whether the ends outlived their retries.
+async fn ends_while_redis_is_stopped(pause: Duration, via_sweep: bool) {
+    const SOCKETS: usize = 20;
+    let redis = RedisServer::start(false);
+    let n = nodes(&redis, 2, &[]).await;
+    let mut open = Vec::new();
+    for i in 0..SOCKETS {
+        let (ws, welcome) = n[0].connect(&format!("end{i}")).await;
+        open.push((ws, id_of(&welcome)));
+    }
+    redis.signal("STOP");
+    for (ws, _) in &mut open {
+        ws.close().await;
+    }
+    tokio::time::sleep(pause).await;
+    redis.signal("CONT");
+    for (_, id) in &open {
+        eventually(
+            &n[1],
+            &format!("/v1/connections/{id}"),
+            "the record of a closed connection is gone",
+            |s, _| s == 404,
+        )
+        .await;
+        let events = eventually(
+            &n[1],
+            &format!("/v1/events?connectionId={id}&type=disconnected"),
+            "its disconnected event is logged",
+            |s, e| s == 200 && !e.as_array().unwrap().is_empty(),
+        )
+        .await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "once: {events}");
+    }
+    let (_, health) = n[1].get_json("/v1/health").await;
+    assert_eq!(health["activeConnections"], 0, "{health}");
+    assert_eq!(
+        n[0].logs().contains("the sweep tries again"),
+        via_sweep,
+        "whether ends were left to the sweep"
+    );
+}
+
+#[tokio::test]
+async fn connections_ended_while_redis_stalls_past_the_command_timeout_are_still_ended_once() {
+    // Longer than a node's command timeout (2 s): every end's first try times out, and a
+    // retry stores it.
+    ends_while_redis_is_stopped(Duration::from_secs(3), false).await;
+}
+
+#[tokio::test]
+async fn connections_ended_while_redis_stalls_past_every_retry_are_ended_by_the_sweep() {
+    // Longer than an end's retries (five command timeouts, 10 s): the ends wait for the
+    // sweep, which stores them once Redis answers again.
+    ends_while_redis_is_stopped(Duration::from_secs(12), true).await;
+}

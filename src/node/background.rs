@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use super::Node;
 use crate::bus::{BusEvent, Channel, NodeCommand, Received, Topic};
-use crate::model::Assignment;
+use crate::model::{Assignment, EventType};
 use crate::protocol::{Disconnect, FrameTemplate};
 use crate::store::{RecoveryReport, StoreError, Target};
 
@@ -188,6 +188,22 @@ impl Node {
             match self.stores.conns.sweep().await {
                 Ok(sweep) => {
                     for c in sweep.expired {
+                        if c.node.as_deref() == Some(self.id.as_str())
+                            && self.hub.get(&c.user, &c.id).is_none()
+                        {
+                            // Expired, named as this node's, and no socket here: its end was
+                            // never stored (Redis out of reach past every retry). Nothing else
+                            // would ever remove it, so the sweep does.
+                            if let Err(e) = self
+                                .stores
+                                .conns
+                                .remove(&c.id, &c.disconnect, EventType::Expired)
+                                .await
+                            {
+                                tracing::warn!(error = %e, "an orphaned connection was not removed");
+                            }
+                            continue;
+                        }
                         self.close(c);
                     }
                 }

@@ -123,6 +123,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (STOP: it stops answering, keeping its data and connections; CONT: it
+    /// goes on where it was).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -136,6 +148,12 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A case that failed while the server was stopped: let it go on, then kill it.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
         self.kill();
     }
 }

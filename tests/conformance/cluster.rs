@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use tether::bus::{BusEvent, Channel, Received, SessionEvent, Topic};
 use tether::model::{EventType, Source};
-use tether::protocol::Fate;
+use tether::protocol::{Fate, FrameTemplate};
+use tether::store::redis::RedisStore;
 use tether::store::{
     AdmitError, NewSession, ResumeRequest, SessionPatch, StoreAdmin, StoreError, Target,
 };
@@ -384,4 +385,176 @@ pub async fn a_slow_subscriber_is_told_what_it_missed(o: &Opened) {
     );
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     assert_eq!(bus.lagged(), lagged);
+}
+
+/// How many times Redis ran `cmd` (scripts' calls included) since the last `CONFIG RESETSTAT`.
+async fn calls_of(con: &mut ::redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    let key = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Admission reads no record of the user's but those it evicts, however many connections the
+/// user has (it used to read them all: the k-th connection of one user cost O(k)); eviction
+/// still takes the oldest Detached one first, else the oldest.
+pub async fn admission_does_not_read_every_record_of_the_user() {
+    const MANY: usize = 200;
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = MANY;
+    settings.limits.max_total = 10 * MANY;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    let stores = store.stores();
+    let c = &*stores.conns;
+    let base = tether::time::now_ms();
+    let mut at = 0;
+    let mut admit_one = async || {
+        let mut n = new_conn("many", None, None);
+        n.meta.connected_at = base + at;
+        at += 1;
+        let a = c.admit(n, NODE).await.expect("admitted");
+        c.activate(&a.id, a.replay_after).await.unwrap().unwrap();
+        a
+    };
+    let mut ids = Vec::new();
+    for _ in 0..MANY {
+        ids.push(admit_one().await.id);
+    }
+    c.finish(&ids[MANY / 2], Fate::Detach, None, None).await;
+    let mut con = raw(&url).await;
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let first = admit_one().await;
+    let second = admit_one().await;
+    let third = admit_one().await;
+    let read = calls_of(&mut con, "hgetall").await;
+    assert!(
+        read <= 6,
+        "three admissions read {read} records of a user with {MANY} connections"
+    );
+    assert!(first.closing.is_empty(), "the Detached one went: no socket");
+    assert!(
+        c.info(&ids[MANY / 2]).await.is_none(),
+        "the Detached one went first"
+    );
+    let closed: Vec<_> = [&second, &third]
+        .iter()
+        .map(|a| {
+            (
+                a.closing.len(),
+                a.closing[0].id,
+                a.closing[0].disconnect.code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        closed,
+        vec![
+            (1, ids[0], tether::protocol::CloseCode::Evicted),
+            (1, ids[1], tether::protocol::CloseCode::Evicted)
+        ],
+        "then the oldest"
+    );
+    assert_eq!(c.user_connections("many").await.len(), MANY);
+}
+
+/// A busy queue on the store's connection, every call of which Redis answers within the
+/// command timeout, does not make the store unhealthy (under a resume storm a node's probe
+/// timed out behind the resumes and the node answered 503 for a moment although Redis was
+/// fine).
+pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
+    const CONNS: usize = 150;
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = CONNS;
+    settings.limits.max_total = CONNS;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    let stores = store.stores();
+    for _ in 0..CONNS {
+        admit(&*stores.conns, "big", None).await;
+    }
+    let deliver = |c: std::sync::Arc<dyn tether::store::ConnStore>| async move {
+        let t = FrameTemplate::message("{\"n\":1}", "t");
+        let started = Instant::now();
+        let r = c
+            .deliver(Target::User("big"), t, &|_, to, _| to.len(), true)
+            .await;
+        r.ok().map(|_| started.elapsed())
+    };
+    // Messages to the user (each one script over its 150 connections), sent in a loop by
+    // more and more tasks until each waits about half a command timeout in the queue: every
+    // call is answered in time, and so must the probe be.
+    let until = Instant::now() + Duration::from_secs(6);
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let spawn = |n: usize, tasks: &mut Vec<tokio::task::JoinHandle<(Duration, usize)>>| {
+        for _ in 0..n {
+            let (c, latest) = (stores.conns.clone(), latest.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut slowest, mut failed) = (Duration::ZERO, 0);
+                while Instant::now() < until {
+                    match deliver(c.clone()).await {
+                        Some(took) => {
+                            slowest = slowest.max(took);
+                            let mut l = latest.lock().unwrap();
+                            *l = (*l).max(took);
+                        }
+                        None => failed += 1,
+                    }
+                }
+                (slowest, failed)
+            }));
+        }
+    };
+    let mut tasks = Vec::new();
+    spawn(10, &mut tasks);
+    let target = crate::COMMAND_TIMEOUT / 2;
+    let mut unhealthy = Vec::new();
+    let mut next_look = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        if let Err((_, why)) = store.healthy() {
+            unhealthy.push(why);
+        }
+        if Instant::now() >= next_look && until - Instant::now() > Duration::from_secs(3) {
+            let seen = std::mem::take(&mut *latest.lock().unwrap());
+            if seen < target * 9 / 10 {
+                let grow = (target.as_secs_f64() / seen.as_secs_f64().max(0.001)).min(1.5);
+                spawn(
+                    (tasks.len() as f64 * (grow - 1.0)).ceil() as usize,
+                    &mut tasks,
+                );
+            }
+            next_look = Instant::now() + Duration::from_millis(300);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight = tasks.len();
+    let (mut slowest, mut failed) = (Duration::ZERO, 0);
+    for t in tasks {
+        let (s, f) = t.await.unwrap();
+        slowest = slowest.max(s);
+        failed += f;
+    }
+    assert!(
+        slowest > crate::COMMAND_TIMEOUT * 3 / 10,
+        "{in_flight} in flight queued only {slowest:?}: the case shows nothing"
+    );
+    assert!(
+        unhealthy.is_empty(),
+        "unhealthy {} times while Redis answered calls ({in_flight} in flight, slowest {slowest:?}, {failed} failed): {:?}",
+        unhealthy.len(),
+        unhealthy.first()
+    );
 }

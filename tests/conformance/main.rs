@@ -403,4 +403,14 @@ mod redis {
     async fn acknowledged_writes_survive_a_redis_crash_with_aof() {
         crate::cluster::acknowledged_writes_survive_a_redis_crash_with_aof().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
+        crate::cluster::a_probe_behind_a_busy_queue_is_not_an_outage().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_does_not_read_every_record_of_the_user() {
+        crate::cluster::admission_does_not_read_every_record_of_the_user().await;
+    }
 }

@@ -6,6 +6,7 @@
 //! one mapping between the trait and the scripts.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -30,6 +31,34 @@ const SWEEP_ROUNDS: usize = 10;
 const EXPIRED_RETRY_MS: u64 = 10_000;
 /// Users read per page of `list`.
 const LIST_USERS: usize = 100;
+/// A connection's end that fails for want of Redis is tried again for this many command
+/// timeouts, backing off from [`END_FIRST_DELAY`] to [`END_MAX_DELAY`]; then the sweep tries
+/// it once a second while the node runs.
+const END_RETRY_TIMEOUTS: u32 = 5;
+const END_FIRST_DELAY: Duration = Duration::from_millis(50);
+const END_MAX_DELAY: Duration = Duration::from_secs(1);
+/// How long Redis keeps an end's answer for a retry of it (`P:fin:<id>`).
+const END_MEMO_MS: u64 = 600_000;
+/// Ends the sweep keeps for retrying, at most (the oldest go first), and tries per sweep.
+const ENDS_KEPT: usize = 100_000;
+const ENDS_PER_SWEEP: usize = 2_000;
+
+/// One connection's end, as the finish script takes it; its token makes a retry idempotent.
+pub(super) struct End {
+    id: Uuid,
+    fate: &'static str,
+    code: Option<u16>,
+    activity: String,
+    token: String,
+}
+
+/// Ends that Redis did not take within their retries. Until one is stored its record still
+/// names this node and counts as live: the sweep retries them while the node runs; if the node
+/// dies or leaves first, its lease detaches them (and their grace then removes them); and a
+/// record past its expiry whose socket is not here is removed by the sweep (see
+/// [`crate::node`]'s sweep loop).
+#[derive(Default)]
+pub(super) struct Ends(std::sync::Mutex<std::collections::VecDeque<End>>);
 
 fn closing_of(v: &Value, disconnect: impl Fn(u64) -> Disconnect) -> Option<Closing> {
     let id = Uuid::parse_str(str_of(v, "id")?).ok()?;
@@ -48,6 +77,80 @@ pub(super) fn deliver_tail(template: &FrameTemplate) -> String {
 }
 
 impl Inner {
+    /// Runs one try of an end; logs its event once it is stored.
+    async fn finish_once(&self, end: &End) -> Result<(), StoreError> {
+        let v = self
+            .run(
+                "ending a connection",
+                &self.scripts.finish,
+                &args![end.id, end.fate, end.activity, end.token, END_MEMO_MS],
+            )
+            .await?;
+        let user = str_of(&v, "user").unwrap_or_default();
+        let event = match str_of(&v, "done") {
+            Some("removed") => EventType::Disconnected,
+            Some("detached") => EventType::Detached,
+            _ => return Ok(()),
+        };
+        self.events
+            .log(end.id, user, event, json!({"code": end.code}));
+        Ok(())
+    }
+
+    /// Stores a connection's end, trying again with backoff while Redis is unavailable (a
+    /// mass close can keep it busy past the command timeout); past the retries the end is
+    /// kept for the sweep.
+    async fn finish_end(&self, end: End) {
+        let give_up =
+            tokio::time::Instant::now() + self.settings.command_timeout * END_RETRY_TIMEOUTS;
+        let mut delay = END_FIRST_DELAY;
+        loop {
+            let e = match self.finish_once(&end).await {
+                Ok(()) => return,
+                Err(e @ StoreError::Unavailable(_)) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, connection = %end.id, "a connection's end was not stored");
+                    return;
+                }
+            };
+            // Spread the retries of many ends that failed together.
+            let jitter = Duration::from_millis(u64::from(end.id.as_bytes()[15]) % 50);
+            if tokio::time::Instant::now() + delay + jitter >= give_up {
+                tracing::warn!(error = %e, connection = %end.id, "a connection's end was not stored yet: the sweep tries again");
+                self.keep_end(end);
+                return;
+            }
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(END_MAX_DELAY);
+        }
+    }
+
+    fn keep_end(&self, end: End) {
+        let mut ends = crate::sync::lock(&self.ends.0);
+        if ends.len() >= ENDS_KEPT {
+            if let Some(lost) = ends.pop_front() {
+                tracing::error!(connection = %lost.id, "too many connections' ends wait for Redis: this one is left to the sweep at its expiry");
+            }
+        }
+        ends.push_back(end);
+    }
+
+    /// Tries the ends kept for retrying, oldest first, until one fails.
+    pub(super) async fn retry_ends(&self) {
+        for _ in 0..ENDS_PER_SWEEP {
+            let Some(end) = crate::sync::lock(&self.ends.0).pop_front() else {
+                return;
+            };
+            if let Err(e) = self.finish_once(&end).await {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    crate::sync::lock(&self.ends.0).push_front(end);
+                    return;
+                }
+                tracing::error!(error = %e, connection = %end.id, "a connection's end was not stored");
+            }
+        }
+    }
+
     pub(super) async fn read_conn(&self, id: &Uuid) -> Result<Option<record::Conn>, StoreError> {
         let v = self
             .run(
@@ -319,8 +422,7 @@ impl ConnStore for RedisStore {
     }
 
     async fn finish(&self, id: &Uuid, fate: Fate, code: Option<u16>, activity: Option<Activity>) {
-        let inner = &self.inner;
-        let fate_name = match fate {
+        let fate = match fate {
             Fate::Remove => "remove",
             Fate::Detach => "detach",
             Fate::Keep => "keep",
@@ -335,27 +437,14 @@ impl ConnStore for RedisStore {
                 .to_string()
             })
             .unwrap_or_default();
-        match inner
-            .run(
-                "ending a connection",
-                &inner.scripts.finish,
-                &args![id, fate_name, activity],
-            )
-            .await
-        {
-            Ok(v) => {
-                let user = str_of(&v, "user").unwrap_or_default();
-                let event = match str_of(&v, "done") {
-                    Some("removed") => EventType::Disconnected,
-                    Some("detached") => EventType::Detached,
-                    _ => return,
-                };
-                inner.events.log(*id, user, event, json!({"code": code}));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, connection = %id, "a connection's end was not stored")
-            }
-        }
+        let end = End {
+            id: *id,
+            fate,
+            code,
+            activity,
+            token: new_token(),
+        };
+        self.inner.finish_end(end).await;
     }
 
     async fn remove(
@@ -651,6 +740,7 @@ impl ConnStore for RedisStore {
 
     async fn sweep(&self) -> Result<Sweep, StoreError> {
         let inner = &self.inner;
+        inner.retry_ends().await;
         let mut out = Sweep::default();
         for _ in 0..SWEEP_ROUNDS {
             let v = inner

@@ -13,12 +13,14 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `P:{u:U}:conns` | ZSET | the user's connection ids by connectedAt |
+//! | `P:{u:U}:dc` | ZSET | the user's Detached connection ids by connectedAt (eviction's pick) |
 //! | `P:{u:U}:c:<id>` | HASH | a connection record (fields in `lua/common.lua`) |
 //! | `P:{u:U}:r:<rk>` | LIST | its replay buffer, `<seq>\|<kind>\|<rest>`, capped |
 //! | `P:{u:U}:sc:<sid>` | SET | connection ids linked to session `sid` |
 //! | `P:{u:U}:n` | HASH | the user's live and active counts |
 //! | `P:{u:U}:sessions`, `P:{u:U}:s:<sid>` | SET, HASH | the user's sessions |
 //! | `P:cid:<id>`, `P:sid:<sid>` | STRING | locators: the user of a connection, of a session |
+//! | `P:fin:<id>` | STRING | a connection's end, `<token>\|<answer>`, for its retries (expires) |
 //! | `P:sc:<sid>` | STRING | the user whose connections are linked to session `sid` |
 //! | `P:users` | ZSET | users with connections (lexicographic, for paging) |
 //! | `P:total` | STRING | attached connections (`max_total`) |
@@ -42,7 +44,9 @@
 //! is handed out twice.
 //!
 //! `P:epoch` is a random id the first store writes. A background probe reads it every
-//! [`PROBE_EVERY`] with `PING`: when Redis does not answer, [`StoreAdmin::healthy`] says so;
+//! [`PROBE_EVERY`] (one `GET`, one round trip): when Redis does not answer, [`StoreAdmin::healthy`] says so
+//! (within a command timeout of its going: a probe that timed out while another call of
+//! this store got its answer only waited behind a busy queue, and does not count);
 //! when the epoch changed or vanished, Redis lost its data (a restart without persistence, a
 //! flush), and the store stays unhealthy and refuses admissions until the node calls
 //! [`RedisStore::adopt_epoch`].
@@ -107,6 +111,11 @@ struct Inner {
     events: events::Queue,
     /// Redis calls that failed or timed out, since start.
     errors: AtomicU64,
+    /// When a Redis call last got its answer, in ms after `started`.
+    answered: AtomicU64,
+    started: std::time::Instant,
+    /// Connections' ends that Redis did not take in time, retried by the sweep.
+    ends: conns::Ends,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,6 +159,9 @@ impl RedisStore {
             health: Mutex::new(Health::default()),
             events,
             errors: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            ends: conns::Ends::default(),
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -266,10 +278,17 @@ impl Inner {
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let r = timed(self.settings.command_timeout, what, fut).await;
-        if r.is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        match &r {
+            Ok(_) => self
+                .answered
+                .fetch_max(self.since_start(), Ordering::Relaxed),
+            Err(_) => self.errors.fetch_add(1, Ordering::Relaxed),
+        };
         r
+    }
+
+    fn since_start(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Runs `script` with the prelude's arguments and then `args`; the reply is the script's
@@ -321,7 +340,9 @@ impl Inner {
     }
 }
 
-/// Every [`PROBE_EVERY`]: `PING` and a read of the epoch, within the command timeout.
+/// Every [`PROBE_EVERY`]: a read of the epoch, within the command timeout. One command, so
+/// that behind a busy queue it waits once, as long as any other call does (a `PING` before
+/// it made it wait twice, and time out behind a queue every other call got through).
 async fn probe(store: Weak<Inner>) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -330,18 +351,24 @@ async fn probe(store: Weak<Inner>) {
         let Some(inner) = store.upgrade() else { return };
         let key = inner.key("epoch");
         let mut c = inner.con.clone();
+        let asked = inner.since_start();
         let read = inner
-            .timed("the health probe", async {
-                redis::cmd("PING").exec_async(&mut c).await?;
+            .timed(
+                "the health probe",
                 redis::cmd("GET")
                     .arg(&key)
-                    .query_async::<Option<String>>(&mut c)
-                    .await
-            })
+                    .query_async::<Option<String>>(&mut c),
+            )
             .await;
         let mine = inner.epoch();
         let mut h = lock(&inner.health);
         match read {
+            // Another call got its answer while the probe waited: Redis answers, and the probe
+            // only queued behind a burst of work (a resume storm, say). Redis that stopped
+            // answering answers no call, so this hides no outage.
+            Err(e) if inner.answered.load(Ordering::Relaxed) > asked && h.down.is_none() => {
+                tracing::debug!(error = %e, "the Redis health probe was slow, but Redis answers");
+            }
             Err(e) => {
                 if h.down.is_none() {
                     tracing::error!(error = %e, "Redis does not answer");
@@ -378,6 +405,8 @@ impl StoreAdmin for RedisStore {
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
+        // One more try for the ends still waiting; what is left is detached with the node.
+        self.inner.retry_ends().await;
         self.inner.events.flush().await
     }
 

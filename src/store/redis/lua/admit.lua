@@ -1,5 +1,7 @@
 -- Admission of one connection of one user: a resume when asked and allowed, else a fresh
 -- record within max_total and max_per_user (the user's oldest goes, Detached ones first).
+-- It reads no record of the user but the one resumed and those evicted: O(log n) in the
+-- user's connections.
 --
 -- ARGV[6] user, [7] the store's epoch, [8] new connection id, [9] the new record's fields
 -- (JSON object of strings), [10] the new resume token's hash, [11] max_per_user,
@@ -24,17 +26,10 @@ if current ~= epoch then
   return cjson.encode({refused = 'epoch', found = current or ''})
 end
 
--- The user's records, oldest first; index entries whose record is gone are purged.
-local recs = {}
-for _, id in ipairs(redis.call('ZRANGE', conns_key(user), 0, -1)) do
-  local rec = load(user, id)
-  if rec then
-    recs[#recs + 1] = rec
-  else
-    redis.call('ZREM', conns_key(user), id)
-    if redis.call('GET', locator_key(id)) == user then redis.call('DEL', locator_key(id)) end
-  end
-end
+-- How many connections the user has: its conns zset, not its records, so that admission
+-- costs O(log n) in the user's connections whatever their number. An index entry whose
+-- record is gone (which no script leaves behind) counts until it is met as a victim below.
+local count = redis.call('ZCARD', conns_key(user))
 
 local closing = {}
 local resume_error
@@ -109,20 +104,33 @@ if total >= max_total then
   return cjson.encode({refused = 'full'})
 end
 
-local evicted = {}
-while #recs > 0 and #recs >= max_per_user do
-  local at = 1
-  for i, r in ipairs(recs) do
-    if r.state == 'detached' then
-      at = i
-      break
+-- The user's oldest Detached connection, else its oldest: the next to evict. Index entries
+-- whose record is gone are purged when met here, and no longer counted.
+local function victim()
+  while true do
+    local id = redis.call('ZRANGE', detached_key(user), 0, 0)[1]
+    local detached = id ~= nil
+    if not detached then id = redis.call('ZRANGE', conns_key(user), 0, 0)[1] end
+    if not id then return nil end
+    local rec = load(user, id)
+    if rec and (rec.state == 'detached' or not detached) then return rec end
+    redis.call('ZREM', detached_key(user), id)
+    if not rec then
+      if redis.call('ZREM', conns_key(user), id) == 1 then count = count - 1 end
+      if redis.call('GET', locator_key(id)) == user then redis.call('DEL', locator_key(id)) end
     end
   end
-  local victim = table.remove(recs, at)
-  remove_conn(user, victim)
-  evicted[#evicted + 1] = victim.id
-  if live(victim) and victim.node ~= '' then
-    closing[#closing + 1] = {id = victim.id, node = victim.node, code = 4505}
+end
+
+local evicted = {}
+while count > 0 and count >= max_per_user do
+  local v = victim()
+  if not v then break end
+  remove_conn(user, v)
+  count = count - 1
+  evicted[#evicted + 1] = v.id
+  if live(v) and v.node ~= '' then
+    closing[#closing + 1] = {id = v.id, node = v.node, code = 4505}
   end
 end
 

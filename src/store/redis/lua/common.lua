@@ -31,6 +31,12 @@ end
 
 local function utag(user) return P .. ':{u:' .. user .. '}' end
 local function conns_key(user) return utag(user) .. ':conns' end
+-- The user's Detached connections, scored like the conns zset (by connectedAt), so that
+-- admission finds the oldest Detached one without reading the user's records. `store` and
+-- `unindex` keep it. Data written before this index existed lacks it: such a Detached
+-- connection is not in it until its record is next stored, so eviction may take an older
+-- attached one before it (the user's limit still holds), and nothing else reads it.
+local function detached_key(user) return utag(user) .. ':dc' end
 local function conn_key(user, id) return utag(user) .. ':c:' .. id end
 local function replay_key(user, rk) return utag(user) .. ':r:' .. rk end
 -- The bytes a replay list holds, for `replay_buffer_bytes`: each entry counts as the frame it
@@ -147,6 +153,11 @@ local function store(user, rec)
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(flat))
   redis.call('ZADD', conns_key(user), rec.ca, rec.id)
+  if rec.state == 'detached' then
+    redis.call('ZADD', detached_key(user), rec.ca, rec.id)
+  else
+    redis.call('ZREM', detached_key(user), rec.id)
+  end
   redis.call('ZADD', USERS, 0, user)
   redis.call('SET', locator_key(rec.id), user)
   if rec.node ~= '' then redis.call('SADD', node_conns_key(rec.node), member(user, rec.id)) end
@@ -162,6 +173,7 @@ end
 local function unindex(user, rec)
   redis.call('DEL', conn_key(user, rec.id))
   redis.call('ZREM', conns_key(user), rec.id)
+  redis.call('ZREM', detached_key(user), rec.id)
   redis.call('DEL', locator_key(rec.id))
   if rec.node ~= '' then redis.call('SREM', node_conns_key(rec.node), member(user, rec.id)) end
   if rec.sid ~= '' then
@@ -177,7 +189,7 @@ end
 local function forget_user_if_empty(user)
   if redis.call('ZCARD', conns_key(user)) == 0 then
     redis.call('ZREM', USERS, user)
-    redis.call('DEL', user_counts_key(user))
+    redis.call('DEL', user_counts_key(user), detached_key(user))
   end
 end
 
@@ -219,10 +231,11 @@ local function deliver(user, ids, kind, rest, tail)
       local rl = replay_key(user, f[3])
       if REPLAY > 0 then
         local entry = int(seq) .. '|' .. kind .. '|' .. rest
-        redis.call('RPUSH', rl, entry)
+        -- RPUSH answers the list's new length: no LLEN (this loop runs once per target
+        -- connection, so each call in it counts).
+        local len = redis.call('RPUSH', rl, entry)
         local bytes = redis.call('INCRBY', replay_bytes_key(rl), frame_len(entry))
         -- Oldest first, past either bound; the newest is always kept.
-        local len = redis.call('LLEN', rl)
         while len > 1 and (len > REPLAY or bytes > REPLAY_BYTES) do
           local e = replay_pop(rl)
           if not e then break end
