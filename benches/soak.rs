@@ -31,8 +31,9 @@
 //! within seconds rather than two minutes, and with `--event-log-max 20000` (the soak's
 //! `--event-log-max`): the event log is bounded, and at about 60 events a second it fills
 //! the default 100,000 only after some 28 minutes, so the RSS it settled at would not be
-//! measured within the warm-up; 20,000 fills in under 6. Everything else is the default
-//! configuration.
+//! measured within the warm-up; 20,000 fills in under 6. Connections and sessions live the
+//! run plus 15 minutes (`--ttl-seconds`, `ttlSeconds`), so that the steady ones do not all
+//! expire together near the end of an hour. Everything else is the default configuration.
 
 #[allow(dead_code)]
 #[path = "load/util.rs"]
@@ -376,6 +377,11 @@ where
     }
 }
 
+/// How long the steady connections and sessions must last: the run, its end, and a margin.
+fn lifetime_secs(a: &Args) -> u64 {
+    (a.minutes * 60.0) as u64 + 900
+}
+
 async fn run(a: Args) -> R<bool> {
     let server = Server::start(ServerOpts {
         url: None,
@@ -388,6 +394,10 @@ async fn run(a: Args) -> R<bool> {
             GRACE_SECONDS.to_string(),
             "--event-log-max".into(),
             a.event_log_max.to_string(),
+            // The steady connections and their sessions outlive the run: at the default
+            // hour, a 60-minute soak ended with all of them expiring (4004) at once.
+            "--ttl-seconds".into(),
+            lifetime_secs(&a).to_string(),
         ],
         ready_timeout: Duration::from_secs(30),
         keep_data: false,
@@ -412,7 +422,7 @@ async fn run(a: Args) -> R<bool> {
             .send_json(
                 reqwest::Method::POST,
                 "/v1/sessions",
-                &json!({"userId": user, "data": {}}),
+                &json!({"userId": user, "data": {}, "ttlSeconds": lifetime_secs(&a)}),
             )
             .await?;
         let sid = s["sessionId"]
