@@ -317,6 +317,27 @@ fn unknown_key_and_unreadable_file() {
 }
 
 #[test]
+fn text_loads_as_the_file_holding_it_does() {
+    let text = "max_per_user = 3\nmax_per_users = 4\nlisten = \"nowhere\"";
+    let f = toml_file(text);
+    let from_file = Config::load(Some(f.path()), &ConfigArgs::default()).unwrap_err();
+    let from_text = Config::load_text(text, f.path(), &ConfigArgs::default()).unwrap_err();
+    assert_eq!(from_file.to_string(), from_text.to_string());
+    let c = Config::load_text(
+        "max_per_user = 3",
+        Path::new("t.toml"),
+        &ConfigArgs::default(),
+    )
+    .unwrap();
+    assert_eq!(c.max_per_user, 3);
+    let e = Config::load_text("=", Path::new("t.toml"), &ConfigArgs::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("cannot parse config file t.toml"),
+        "{e}"
+    );
+}
+
+#[test]
 fn asymmetric_algorithms_need_a_public_key_file() {
     let e = err_toml("jwt_algorithm = \"RS256\"");
     assert_eq!(
