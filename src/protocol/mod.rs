@@ -66,6 +66,36 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_an_object_never_an_array() {
+        // serde reads a struct from an array of its fields too; a frame is an object.
+        for text in [
+            r#"["ping"]"#,
+            r#"["ping",{"a":1}]"#,
+            r#"["refresh"]"#,
+            r#"["auth"]"#,
+            r#"["seqz"]"#,
+        ] {
+            let e = ClientFrame::parse(text).unwrap_err();
+            assert_eq!(
+                e.message, "not a JSON object with a string `type`",
+                "{text}"
+            );
+            assert!(e.id.is_none());
+        }
+        let e = ClientFrame::parse(r#"{"type":"auth","id":1,"token":"t","resume":["c","t",1]}"#)
+            .unwrap_err();
+        assert!(e.message.starts_with("auth needs"), "{}", e.message);
+        assert_eq!(e.id.unwrap().get(), "1");
+        let p = ClientFrame::parse(
+            r#"{"type":"auth","token":"t","resume":{"connectionId":"c","token":"r","lastSeq":1}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(p.frame, ClientFrame::Auth { resume: Some(ref r), .. } if r.last_seq == Some(1))
+        );
+    }
+
+    #[test]
     fn frames_render_as_the_contract_says() {
         let t = FrameTemplate::message(r#"{"a":1}"#, "2026-01-01T00:00:00.000Z");
         let v: Value = serde_json::from_str(&t.render(7)).unwrap();
