@@ -104,7 +104,9 @@ pub fn handshake(
         .or_else(|| param("token"))
         .map(Presented::Token)
         .or_else(|| {
+            // An empty cookie is no session id, as an empty header or parameter is none.
             cookie(headers, &config.session_cookie)
+                .filter(|v| !v.is_empty())
                 .or_else(|| header("x-session-id"))
                 .or_else(|| param("session_id"))
                 .map(Presented::Session)
@@ -148,5 +150,27 @@ mod tests {
                 ("y".to_string(), "a b+".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn an_empty_session_cookie_is_no_credential() {
+        let config = Config::default();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "tether_sid=".parse().unwrap());
+        h.insert("x-session-id", "from-header".parse().unwrap());
+        let session = |s: &str| Some(Presented::Session(s.to_string()));
+        assert_eq!(
+            handshake(&config, &h, None, None).credential,
+            session("from-header")
+        );
+        h.remove("x-session-id");
+        assert_eq!(
+            handshake(&config, &h, Some("session_id=q"), None).credential,
+            session("q")
+        );
+        h.insert("cookie", "a=1; tether_sid=\"\"".parse().unwrap());
+        assert_eq!(handshake(&config, &h, None, None).credential, None);
+        h.insert("cookie", "tether_sid=s1".parse().unwrap());
+        assert_eq!(handshake(&config, &h, None, None).credential, session("s1"));
     }
 }
