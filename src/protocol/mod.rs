@@ -96,6 +96,29 @@ mod tests {
     }
 
     #[test]
+    fn a_number_comes_back_as_the_number_that_was_sent() {
+        // Each is the shortest text of its f64: read inexactly, it came back as a neighbour
+        // (2.5001111111111107e46). Rust's own parse is correctly rounded.
+        for text in [
+            "2.500111111111111e+46",
+            "1.8446144084467442e+29",
+            "5e-324",
+            "0.1",
+        ] {
+            let frame = format!(r#"{{"type":"session.update","updates":{{"x":{text}}}}}"#);
+            let ClientFrame::SessionUpdate { updates } = ClientFrame::parse(&frame).unwrap().frame
+            else {
+                panic!("{frame}");
+            };
+            let sent: f64 = text.parse().unwrap();
+            assert_eq!(updates["x"].as_f64(), Some(sent), "{text}");
+            let t = FrameTemplate::session_updated("s", &Value::Object(updates), "http", None, "t");
+            let back: Value = serde_json::from_str(&t.render(1)).unwrap();
+            assert_eq!(back["updates"]["x"].as_f64(), Some(sent), "{text}");
+        }
+    }
+
+    #[test]
     fn frames_render_as_the_contract_says() {
         let t = FrameTemplate::message(r#"{"a":1}"#, "2026-01-01T00:00:00.000Z");
         let v: Value = serde_json::from_str(&t.render(7)).unwrap();
