@@ -7,6 +7,15 @@ use super::values::Hidden;
 use super::{Config, ConfigError, Report};
 use crate::auth::check_keys;
 use crate::auth::MIN_HMAC_SECRET_BYTES;
+use tracing_subscriber::filter::{EnvFilter, ParseError};
+
+/// A log filter (`log_level`, `RUST_LOG`) as tracing-subscriber reads one, except that a
+/// field's value is matched as text, never as a regular expression: the DFA of a pattern
+/// such as `.*a.{20}` has millions of states, and a log_level of a few hundred bytes asked
+/// for gigabytes when it was checked, and again when the logger was built.
+pub fn log_filter(text: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().with_regex(false).parse(text)
+}
 
 /// RFC 6265 cookie-name: an RFC 7230 token.
 fn is_cookie_name(name: &str) -> bool {
@@ -96,7 +105,7 @@ impl Config {
             ));
         }
         if let Some(level) = &self.log_level {
-            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            if let Err(e) = log_filter(level) {
                 report.push(invalid(
                     "log_level",
                     level,
