@@ -13,6 +13,11 @@
 //! histograms. Everything talks to loopback only and every wait has a
 //! deadline. Modules live in `benches/load/`.
 //!
+//! `--floor` drives the floor server of `benches/floor/` instead (the cheapest this machine
+//! can do the same work), and `--vs-floor` runs tether and then the floor and reports their
+//! ratio: the generator carries the floor's code and starts it by re-executing itself as
+//! `load serve ...`, the command line it gives tether.
+//!
 //! Cargo.toml declares it with `harness = false`; should it ever be built
 //! with the test harness (auto-discovered without that entry), `main` is
 //! unused, which must not fail `clippy -D warnings`.
@@ -24,6 +29,8 @@ mod cli;
 mod conn;
 #[path = "load/fleet.rs"]
 mod fleet;
+#[path = "floor/mod.rs"]
+mod floor;
 #[path = "load/scenarios.rs"]
 mod scenarios;
 #[path = "load/selftest.rs"]
@@ -34,6 +41,8 @@ mod server;
 mod svg;
 #[path = "load/util.rs"]
 mod util;
+#[path = "load/versus.rs"]
+mod versus;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Scenario};
@@ -74,10 +83,24 @@ fn raise_nofile_limit() {
 
 async fn run(cli: Cli, out: &Out) -> util::R<serde_json::Value> {
     let g = &cli.global;
-    match cli.scenario.as_ref().expect("checked") {
-        Scenario::Connect(a) => scenarios::connect(g, a, out).await,
+    let scenario = cli.scenario.as_ref().expect("checked");
+    if (g.floor || g.vs_floor) && !matches!(scenario, Scenario::Connect(_) | Scenario::Fanout(_)) {
+        return Err("--floor and --vs-floor are for connect and fanout".into());
+    }
+    match scenario {
+        Scenario::Connect(a) => {
+            versus::run(g, out, versus::CONNECT, |g| async move {
+                scenarios::connect(&g, a, out).await
+            })
+            .await
+        }
         Scenario::Churn(a) => scenarios::churn(g, a, out).await,
-        Scenario::Fanout(a) => scenarios::fanout(g, a, out).await,
+        Scenario::Fanout(a) => {
+            versus::run(g, out, versus::FANOUT, |g| async move {
+                scenarios::fanout(&g, a, out).await
+            })
+            .await
+        }
         Scenario::SessionSync(a) => scenarios::session_sync(g, a, out).await,
         Scenario::Reattach(a) => scenarios::reattach(g, a, out).await,
         Scenario::Selftest(a) => selftest::run(a.n).await,
@@ -85,6 +108,11 @@ async fn run(cli: Cli, out: &Out) -> util::R<serde_json::Value> {
 }
 
 fn main() {
+    // The floor server, as `--floor` starts it (with tether's command line).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(floor::main(&args));
+    }
     let cli = Cli::parse();
     if cli.worker {
         std::process::exit(fleet::worker_main());

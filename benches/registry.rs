@@ -140,6 +140,7 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
         ttl_seconds: 3600,
         resume_grace_seconds: 120,
         replay_buffer_messages: 256,
+        replay_buffer_bytes: 1 << 20,
         messages_per_minute: 120,
     };
     Conns::new(trees, flusher, events, metrics, limits, "bench".into())

@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use crate::config::{BackupArgs, InspectArgs, RestoreArgs};
-use crate::store::embedded::snapshot::{verify, write_snapshot};
+use crate::store::embedded::snapshot::{check_records, verify, write_snapshot};
 use crate::store::{lock_data_dir, Trees, SCHEMA_VERSION};
 
 /// `tether backup`: from a running server (`--server`) or a stopped data directory.
@@ -106,6 +106,9 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read {}: {e}", args.from.display()))?;
     let snap = verify(&bytes)?;
+    // Every record before anything is written: a record tether could not have written (an
+    // event seq past 2^53, say) would be served as if it were true.
+    check_records(&snap).map_err(|e| format!("{e}; nothing was restored"))?;
     let dir = &args.data_dir;
     if dir.exists() {
         let mut entries =
@@ -130,8 +133,10 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
         tree.apply_batch(batch).map_err(|e| e.to_string())?;
     }
     trees.db.flush().map_err(|e| e.to_string())?;
-    // The store now carries the backup's id.
-    trees.write_manifest(dir).map_err(|e| e.to_string())?;
+    // The store now carries the backup's id; it is whole, like one stopped cleanly.
+    trees
+        .record(dir, trees.event_high_water(), true)
+        .map_err(|e| e.to_string())?;
     if !snap.secrets.is_empty() {
         crate::secrets::replace_file(&crate::secrets::path(dir), &snap.secrets)
             .map_err(|e| e.to_string())?;
@@ -187,9 +192,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         for (state, n) in &by_state {
             println!("  {state:<14} {n}");
         }
-        if unreadable > 0 {
-            println!("  unreadable     {unreadable}");
-        }
+        println!("  unreadable     {unreadable}");
         println!("sessions         {}", trees.sessions.len());
         println!("events           {}", trees.events.len());
         println!("deliveries       {}", trees.deliveries.len());

@@ -34,7 +34,9 @@
 //! [`protocol`] is the wire: client and server frames, close codes; [`error`] is the one
 //! error body and the one mapping to HTTP statuses. [`model`] holds the records and their
 //! JSON shapes, [`metrics`] the counters of `/metrics`, [`backup`] the `backup`, `restore`
-//! and `inspect` commands, [`time`] and [`sync`] small shared pieces.
+//! and `inspect` commands ([`running`] finds the server running on a data directory, for
+//! them and for `listen`), [`listen`] the terminal client, [`time`] and [`sync`] small
+//! shared pieces.
 
 #![forbid(unsafe_code)]
 
@@ -47,12 +49,14 @@ pub mod config;
 pub mod durability;
 pub mod error;
 pub mod hub;
+pub mod listen;
 pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod panics;
 pub mod protocol;
+pub mod running;
 pub mod secrets;
 pub mod server;
 pub mod space;

@@ -2,6 +2,10 @@
 //!
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad arguments or configuration (nothing
 //! was opened).
+//!
+//! It is over 600 lines because it is the whole command line in one place: the clap
+//! definition of every subcommand and the few lines each takes to hand over to the library
+//! (`serve`, `listen`, `token`, `apikey`, `backup`, `restore`, `inspect`), with its tests.
 
 #![forbid(unsafe_code)]
 
@@ -52,7 +56,20 @@ enum Command {
     Backup(BackupCmd),
     /// Restore a snapshot written by `tether backup` into an empty data directory
     Restore(RestoreCmd),
-    /// Show what a data directory holds: counts, sizes, schema version (server may be stopped)
+    /// Connect as a client: print every frame as a JSON line, send stdin lines as frames
+    ///
+    /// Connects with --token, --session-id, or a token it mints for --user with the data
+    /// directory's secret (as `tether token` does; a fresh one for every reconnect and
+    /// refresh). Each frame the server sends is one JSON line on stdout, each seq once;
+    /// what was printed is acked. A line typed on stdin, such as {"type":"ping","id":1},
+    /// is sent as a frame. Lost connections are resumed by themselves (full-jitter backoff,
+    /// the connection id, resume token and lastSeq), across server restarts; 1000, 1009 and
+    /// 45xx closes are final. Status lines go to stderr. Ctrl-C closes with 1000.
+    Listen(ListenCmd),
+    /// Show what a data directory holds: counts, sizes, schema version
+    ///
+    /// A stopped data directory is read directly. Beside a running server (it holds
+    /// <data-dir>/tether.lock), the figures come from that server's API instead, and say so.
     Inspect(InspectCmd),
 }
 
@@ -107,6 +124,36 @@ impl ConfigSource {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("credential").required(true).args(["token", "session_id", "user"])))]
+struct ListenCmd {
+    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws [default: the server running on the data
+    /// directory, else ws://<listen>/ws from the configuration]
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// JWT (or tk_ API key) to connect with
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Session id to connect with
+    #[arg(long, value_name = "SESSION")]
+    session_id: Option<String>,
+    /// Mint tokens for this user with the configured or generated secret (HS* only)
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
+    /// Comma-separated permissions claim of minted tokens [default: none]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "user")]
+    permissions: Option<Vec<String>>,
+    /// Lifetime of each minted token in seconds (it is refreshed before it ends)
+    #[arg(long, value_name = "N", default_value_t = 3600, requires = "user",
+          value_parser = clap::value_parser!(u64).range(10..=315_360_000))]
+    ttl_seconds: u64,
+    /// Do not read stdin (by default each line is sent as a frame)
+    #[arg(long)]
+    no_stdin: bool,
+    #[command(flatten)]
+    source: ConfigSource,
+}
+
+#[derive(Args, Debug)]
 struct ApikeyCmd {
     /// Name of the key; connections using it get user id apikey:<name>
     #[arg(long, value_name = "NAME", default_value = "app")]
@@ -123,7 +170,8 @@ struct BackupCmd {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// Base URL of a running server to snapshot through its admin API, e.g.
-    /// http://127.0.0.1:8080 [default: none, read the stopped data directory]
+    /// http://127.0.0.1:8080 [default: the server running on the data directory, found by
+    /// its lock file; else read the stopped data directory]
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Admin API key for --server [default: admin_api_key from the configuration, else
@@ -149,6 +197,10 @@ struct InspectCmd {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// API key (read is enough) for a server running on the data directory [default:
+    /// admin_api_key from the configuration, else the one in <data-dir>/secrets.toml]
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
     #[command(flatten)]
     source: ConfigSource,
 }
@@ -163,15 +215,153 @@ fn main() -> ExitCode {
             from: cmd.from,
             data_dir: cmd.data_dir,
         })),
-        Command::Inspect(cmd) => match cmd.source.load() {
-            Err(e) => usage_error(e),
-            Ok(config) if config.is_cluster() => finish(Err(CLUSTER_STATE)),
-            Ok(config) => finish(tether::backup::inspect(InspectArgs {
-                data_dir: config.data_dir,
-                json: cmd.json,
-            })),
-        },
+        Command::Inspect(cmd) => inspect(cmd),
+        Command::Listen(cmd) => listen(cmd),
     }
+}
+
+fn listen(cmd: ListenCmd) -> ExitCode {
+    use tether::listen::{Credential, ListenArgs};
+    let config = match cmd.source.load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    let credential = match (cmd.token, cmd.session_id, &cmd.user) {
+        (Some(t), _, _) => Credential::Token(t),
+        (_, Some(s), _) => Credential::Session(s),
+        (_, _, Some(user)) => {
+            if user.trim().is_empty() {
+                return usage_error("--user must not be empty");
+            }
+            let secret = match signing_secret(&config) {
+                Ok(secret) => secret,
+                Err(code) => return code,
+            };
+            let (user, permissions, ttl) = (user.clone(), cmd.permissions, cmd.ttl_seconds);
+            let (alg, iss, aud) = (
+                config.jwt_algorithm,
+                config.jwt_issuer.clone(),
+                config.jwt_audience.clone(),
+            );
+            Credential::Mint(std::sync::Arc::new(move || {
+                let now = unix_now();
+                let mut claims = serde_json::json!({"sub": user, "iat": now, "exp": now + ttl});
+                for (claim, value) in [("iss", &iss), ("aud", &aud)] {
+                    if let Some(v) = value {
+                        claims[claim] = v.clone().into();
+                    }
+                }
+                if let Some(p) = &permissions {
+                    claims["permissions"] = p.clone().into();
+                }
+                tether::auth::mint(secret.as_bytes(), alg, &claims).map_err(|e| e.to_string())
+            }))
+        }
+        _ => return usage_error("one of --token, --session-id or --user is required"),
+    };
+    let url = match cmd.url {
+        Some(url) => url,
+        None => match tether::running::find(&config.data_dir, config.listen) {
+            Ok(Some(running)) => format!("ws://{}/ws", running.addr),
+            _ => format!("ws://{}/ws", tether::running::reachable(config.listen)),
+        },
+    };
+    let args = ListenArgs {
+        url,
+        credential,
+        stdin: !cmd.no_stdin,
+    };
+    let result = match runtime() {
+        Ok(rt) => {
+            let result = rt.block_on(tether::listen::run(args));
+            // The stdin thread may sit in a read: do not wait for it.
+            rt.shutdown_background();
+            result
+        }
+        Err(e) => Err(format!("cannot start the async runtime: {e}")),
+    };
+    finish(result)
+}
+
+/// The HS* secret that signs tokens: configured, else generated into the data directory
+/// (created if it does not exist yet, as the server would).
+fn signing_secret(config: &Config) -> Result<String, ExitCode> {
+    let alg = config.jwt_algorithm;
+    if !alg.is_hmac() {
+        return Err(usage_error(format!(
+            "jwt_algorithm is {alg}: tether holds only the public key, so it cannot sign \
+             tokens; mint them where the private key is (tether token works with HS256, \
+             HS384 and HS512)"
+        )));
+    }
+    if let Some(secret) = config.jwt_secret.clone() {
+        return Ok(secret);
+    }
+    match secrets::load_or_create(&config.data_dir) {
+        Ok((s, created)) => {
+            if created {
+                eprintln!(
+                    "generated {} (the server will use the same secret)",
+                    secrets::path(&config.data_dir).display()
+                );
+            }
+            Ok(s.jwt_secret)
+        }
+        Err(e) => Err(finish(Err(e))),
+    }
+}
+
+/// `inspect`: a stopped data directory is read directly; a running server is asked
+/// through its API, and the report says so.
+fn inspect(cmd: InspectCmd) -> ExitCode {
+    let config = match cmd.source.load() {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    if config.is_cluster() {
+        return finish(Err(CLUSTER_STATE));
+    }
+    let running = match tether::running::find(&config.data_dir, config.listen) {
+        Ok(running) => running,
+        Err(e) => return finish(Err(e)),
+    };
+    let Some(server) = running else {
+        return finish(tether::backup::inspect(InspectArgs {
+            data_dir: config.data_dir,
+            json: cmd.json,
+        }));
+    };
+    let Some(key) = cmd.api_key.clone().or_else(|| admin_key(&config)) else {
+        return finish(Err(no_key(&config.data_dir, &server)));
+    };
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(tether::running::inspect(
+            &config.data_dir,
+            &server,
+            &key,
+            cmd.json,
+        ))),
+        Err(e) => finish(Err(format!("cannot start the async runtime: {e}"))),
+    }
+}
+
+/// The admin key of the configuration, else the generated one; never creates the file.
+fn admin_key(config: &Config) -> Option<String> {
+    config
+        .admin_api_key
+        .clone()
+        .or_else(|| stored_admin_key(&config.data_dir))
+}
+
+fn no_key(data_dir: &Path, server: &tether::running::Running) -> String {
+    format!(
+        "data directory {} is in use by a running tether ({}, {}), and no API key was found \
+         to ask it (admin_api_key is not configured and {} is not readable): pass --api-key",
+        data_dir.display(),
+        server.pid_text(),
+        server.base_url(),
+        secrets::path(data_dir).display()
+    )
 }
 
 /// What `backup` and `inspect` say in cluster mode, where no data directory holds the state.
@@ -273,29 +463,11 @@ fn token(cmd: &TokenCmd) -> ExitCode {
     if cmd.user.trim().is_empty() {
         return usage_error("--user must not be empty");
     }
-    let alg = config.jwt_algorithm;
-    if !alg.is_hmac() {
-        return usage_error(format!(
-            "jwt_algorithm is {alg}: tether holds only the public key, so it cannot sign \
-             tokens; mint them where the private key is (tether token works with HS256, \
-             HS384 and HS512)"
-        ));
-    }
-    let secret = match config.jwt_secret.clone() {
-        Some(secret) => secret,
-        None => match secrets::load_or_create(&config.data_dir) {
-            Ok((s, created)) => {
-                if created {
-                    eprintln!(
-                        "generated {} (the server will use the same secret)",
-                        secrets::path(&config.data_dir).display()
-                    );
-                }
-                s.jwt_secret
-            }
-            Err(e) => return finish(Err(e)),
-        },
+    let secret = match signing_secret(&config) {
+        Ok(secret) => secret,
+        Err(code) => return code,
     };
+    let alg = config.jwt_algorithm;
     let claims = token_claims(cmd, &config, unix_now());
     match tether::auth::mint(secret.as_bytes(), alg, &claims) {
         Ok(jwt) => {
@@ -380,17 +552,36 @@ fn backup(cmd: BackupCmd) -> ExitCode {
     if config.is_cluster() {
         return finish(Err(CLUSTER_STATE));
     }
-    let api_key = match (&cmd.server, cmd.api_key) {
+    let mut server = cmd.server;
+    if server.is_none() {
+        // A server running on the directory holds its lock: back it up through its API.
+        match tether::running::find(&config.data_dir, config.listen) {
+            Ok(None) => {}
+            Ok(Some(running)) => {
+                eprintln!(
+                    "tether is running on {} ({}): backing up through its admin API at {} \
+                     (address from {})",
+                    config.data_dir.display(),
+                    running.pid_text(),
+                    running.base_url(),
+                    running.found_by
+                );
+                if cmd.api_key.is_none() && admin_key(&config).is_none() {
+                    return finish(Err(no_key(&config.data_dir, &running)));
+                }
+                server = Some(running.base_url());
+            }
+            Err(e) => return finish(Err(e)),
+        }
+    }
+    let api_key = match (&server, cmd.api_key) {
         (_, Some(key)) => Some(key),
         (None, None) => None,
-        (Some(_), None) => config
-            .admin_api_key
-            .clone()
-            .or_else(|| stored_admin_key(&config.data_dir)),
+        (Some(_), None) => admin_key(&config),
     };
     let args = BackupArgs {
         out: cmd.out,
-        server: cmd.server,
+        server,
         api_key,
         data_dir: config.data_dir,
     };

@@ -292,3 +292,113 @@ pub struct SessionRecord {
     pub permissions: Vec<String>,
     pub device_json: String,
 }
+
+// ----- what a stored record may hold ---------------------------------------------------
+
+/// The largest seq, event seq or delivery id a record may carry: 2^53, the largest whole
+/// number a JSON client (JavaScript) reads exactly. Counters start at 1 and grow by one, so
+/// nothing real comes near it; a record past it is damage, and taking it for real would
+/// have every counter after it jump there.
+pub const MAX_SEQ: u64 = 1 << 53;
+
+/// The latest instant a record may carry: the end of year 9999, the last an RFC 3339 time
+/// can write.
+pub const MAX_MILLIS: Millis = 253_402_300_799_999;
+
+fn check_time(what: &str, t: Millis) -> Result<(), String> {
+    if (0..=MAX_MILLIS).contains(&t) {
+        Ok(())
+    } else {
+        Err(format!("{what} {t} is not a time between 1970 and 9999"))
+    }
+}
+
+fn check_seq(what: &str, n: u64) -> Result<(), String> {
+    if n <= MAX_SEQ {
+        Ok(())
+    } else {
+        Err(format!("{what} {n} is past 2^53"))
+    }
+}
+
+fn check_user(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains('\0') {
+        Err(format!("user id {id:?} is empty or holds a NUL"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_json(what: &str, text: &str, object: bool) -> Result<(), String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => Ok(()),
+        Ok(_) if !object => Ok(()),
+        Ok(_) => Err(format!("{what} is not a JSON object")),
+        Err(e) => Err(format!("{what} is not JSON: {e}")),
+    }
+}
+
+impl ConnRecord {
+    /// Whether the record holds only what tether could have written: the checks a restore
+    /// makes, and start-up's before it takes a record in.
+    pub fn check(&self) -> Result<(), String> {
+        check_user(&self.user.id)?;
+        if !self.user.claims_json.is_empty() {
+            check_json("the claims", &self.user.claims_json, true)?;
+        }
+        check_seq("seq", self.seq)?;
+        if self.acked > self.seq {
+            return Err(format!("acked {} is past its seq {}", self.acked, self.seq));
+        }
+        check_time("connectedAt", self.connected_at)?;
+        check_time("expiresAt", self.expires_at)?;
+        check_time("metadata.connectedAt", self.meta.connected_at)?;
+        check_time("lastActivity", self.meta.last_activity)?;
+        check_time("rateLimit.lastReset", self.meta.rate_limit.last_reset)?;
+        if let Some(t) = self.detached_at {
+            check_time("detachedAt", t)?;
+        }
+        Ok(())
+    }
+}
+
+impl StoredEvent {
+    /// See [`ConnRecord::check`].
+    pub fn check(&self) -> Result<(), String> {
+        check_seq("seq", self.seq)?;
+        check_time("timestamp", self.timestamp)?;
+        check_json("details", &self.details_json, false)
+    }
+}
+
+impl SessionRecord {
+    /// See [`ConnRecord::check`].
+    pub fn check(&self) -> Result<(), String> {
+        check_user(&self.user_id)?;
+        check_time("createdAt", self.created_at)?;
+        check_time("expiresAt", self.expires_at)?;
+        check_time("lastSeen", self.last_seen)?;
+        check_json("data", &self.data_json, true)?;
+        check_json("device", &self.device_json, false)
+    }
+}
+
+impl StoredDelivery {
+    /// See [`ConnRecord::check`]. The frame it renders must be one JSON object.
+    pub fn check(&self) -> Result<(), String> {
+        let kind = crate::protocol::FrameKind::parse(&self.kind)
+            .ok_or_else(|| format!("frame kind {:?} is not one tether sends", self.kind))?;
+        let frame = crate::protocol::FrameTemplate {
+            kind,
+            rest: self.rest.clone(),
+        };
+        check_json("the frame", &frame.render(1), true)?;
+        for (_, seq) in &self.targets {
+            check_seq("a target's seq", *seq)?;
+            if *seq == 0 {
+                return Err("a target's seq is 0".into());
+            }
+        }
+        Ok(())
+    }
+}

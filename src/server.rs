@@ -20,7 +20,7 @@ use warp::http::{Method, Request, Response};
 use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
-use crate::listener::{boxed, Inner, PeerAddr, RequestBody};
+use crate::listener::{boxed, ConnAbort, Inner, PeerAddr, RequestBody};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::{lock_data_dir, EmbeddedStore, StoreError};
@@ -184,6 +184,8 @@ async fn open_cluster(
         limits: crate::store::Limits::from(config),
         event_log_max: config.event_log_max,
         session_ttl_seconds: config.session_ttl_seconds,
+        session_max_bytes: config.session_max_bytes,
+        max_sessions_per_user: config.max_sessions_per_user,
         command_timeout: REDIS_TIMEOUT,
     };
     let store = crate::store::redis::RedisStore::connect(settings)
@@ -254,7 +256,12 @@ where
                 // An event stream is served here rather than by a warp route: its body is
                 // the connection's own pipe.
                 let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-                crate::transport::sse::handle(node, req.headers(), req.uri().query(), peer)
+                let abort = req
+                    .extensions()
+                    .get::<ConnAbort>()
+                    .cloned()
+                    .unwrap_or_default();
+                crate::transport::sse::handle(node, req.headers(), req.uri().query(), peer, abort)
                     .await
                     .into_response(|b| match b {
                         Ok(stream) => stream.map_err(|e| match e {}).boxed(),

@@ -531,3 +531,111 @@ async fn backup_and_inspect_in_cluster_mode_point_at_redis() {
     }
     assert!(!out_file.exists());
 }
+
+/// Sends `signal` (STOP, CONT) to a node's process.
+fn signal(server: &Server, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+#[tokio::test]
+async fn a_node_paused_past_its_lease_closes_its_sockets_to_resume_elsewhere_losing_nothing() {
+    let redis = RedisServer::start(false);
+    let n = nodes(&redis, 2, &[]).await;
+    let (mut ws, welcome) = n[0].connect("fay").await;
+    let id = id_of(&welcome);
+    n[1].send_json(Method::POST, "/v1/users/fay/messages", json!({"data": 1}))
+        .await;
+    assert_eq!(ws.recv_type("message").await["seq"], 1);
+    // The node stops (a long GC-like pause, a frozen VM): its socket stays open, but its
+    // lease runs out and the other node detaches its connection for a resume.
+    signal(&n[0], "STOP");
+    let info = eventually(
+        &n[1],
+        &format!("/v1/connections/{id}"),
+        "detached after the paused node's lease",
+        |s, i| s == 200 && i["state"] == "detached",
+    )
+    .await;
+    assert_eq!(info["node"], Value::Null, "{info}");
+    n[1].send_json(Method::POST, "/v1/users/fay/messages", json!({"data": 2}))
+        .await;
+    // Back from the pause, the node finds its lease gone and closes the socket with a code
+    // that says "reconnect": the connection must still be there to resume.
+    signal(&n[0], "CONT");
+    let closed = ws.closed().await;
+    assert_eq!(closed.code, Some(1013), "{:?}", closed.disconnect);
+    assert_eq!(
+        closed.disconnect.as_ref().map(|d| d["reconnect"].clone()),
+        Some(json!(true))
+    );
+    // Once the paused node has finished with the socket, the record is still there.
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, info) = n[1].get_json(&format!("/v1/connections/{id}")).await;
+    assert_eq!(
+        (status, info["state"].clone()),
+        (200, json!("detached")),
+        "{info}"
+    );
+    let mut ws = n[1]
+        .ws(&resume_query(&n[1], "fay", &welcome, Some(1)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(
+        (w["resumed"].clone(), w["resumeError"].clone()),
+        (json!(true), Value::Null),
+        "{w}"
+    );
+    let m = ws.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!(2)),
+        "{m}"
+    );
+    assert!(
+        ws.try_recv(Duration::from_millis(300)).await.is_none(),
+        "each once"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_takes_over_a_dead_node_s_connection_before_its_lease_runs_out() {
+    let redis = RedisServer::start(false);
+    // A long lease: the resume below must not depend on it running out.
+    let mut n = Vec::new();
+    for _ in 0..2 {
+        n.push(Server::start_node(&redis.url(), &["--node-lease-ms", "60000"]).await);
+    }
+    let (mut ws, welcome) = n[0].connect("gil").await;
+    n[1].send_json(Method::POST, "/v1/users/gil/messages", json!({"data": 1}))
+        .await;
+    assert_eq!(ws.recv_type("message").await["seq"], 1);
+    n[0].kill9().await;
+    drop(ws);
+    n[1].send_json(Method::POST, "/v1/users/gil/messages", json!({"data": 2}))
+        .await;
+    let mut ws = n[1]
+        .ws(&resume_query(&n[1], "gil", &welcome, Some(1)))
+        .await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(
+        (w["resumed"].clone(), w["resumeError"].clone()),
+        (json!(true), Value::Null),
+        "{w}"
+    );
+    let m = ws.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!(2)),
+        "{m}"
+    );
+    let (_, info) = n[1]
+        .get_json(&format!("/v1/connections/{}", id_of(&w)))
+        .await;
+    assert_eq!(info["state"], "active", "{info}");
+}

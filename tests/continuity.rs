@@ -346,21 +346,71 @@ async fn backup_of_a_running_server_restores_into_a_new_directory() {
     assert_eq!(ws.recv_type("welcome").await["resumed"], true);
 }
 
+/// Beside a running server, `inspect` asks that server (found by its lock file and its
+/// listening socket: it was started on port 0, which no configuration names) and says so;
+/// once it is stopped, the data directory itself is read.
 #[tokio::test]
-async fn inspect_reports_a_stopped_directory_and_refuses_a_running_one() {
+async fn inspect_reports_a_running_server_through_its_api_and_a_stopped_directory_directly() {
     let mut server = Server::start(&[]).await;
     let (_ws, _) = server.connect("kim").await;
-    let busy = common::cli(&["inspect", "--json", "--data-dir", common::arg(&server.dir)]);
-    assert!(!busy.status.success());
-    assert!(
-        String::from_utf8_lossy(&busy.stderr).contains("in use"),
-        "{}",
-        String::from_utf8_lossy(&busy.stderr)
-    );
+    let live = inspect(&server.dir).await;
+    assert_eq!(live["source"], "running server", "{live}");
+    assert_eq!(live["pid"], server.pid(), "{live}");
+    assert_eq!(live["server"], format!("http://{}", server.addr), "{live}");
+    assert_eq!(live["connections"], 1, "{live}");
+    assert_eq!(live["connectionsByState"], json!({"active": 1}), "{live}");
+    let text = common::cli_ok(&["inspect", "--data-dir", common::arg(&server.dir)]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("from the running server"), "{text}");
+
     server.stop().await;
     let report = inspect(&server.dir).await;
     assert_eq!(report["connections"], 1);
     assert_eq!(report["schemaVersion"], 1);
+    assert!(report.get("source").is_none(), "{report}");
+    // The text form always shows the unreadable records, zero included.
+    let text = common::cli_ok(&["inspect", "--data-dir", common::arg(&server.dir)]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("  unreadable     0"), "{text}");
+}
+
+/// `tether backup` without `--server` beside a running server backs it up through its admin
+/// API (with the generated key) instead of refusing the locked directory.
+#[tokio::test]
+async fn backup_beside_a_running_server_goes_through_its_api() {
+    let server = Server::start(&[]).await;
+    let (status, session) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            json!({"userId": "lou", "data": {"n": 7}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("snap.tbk");
+    let out = common::cli_ok(&[
+        "backup",
+        "--out",
+        common::arg(&file),
+        "--data-dir",
+        common::arg(&server.dir),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("through its admin API"), "{err}");
+    let restored = tmp.path().join("restored");
+    common::cli_ok(&[
+        "restore",
+        "--from",
+        common::arg(&file),
+        "--data-dir",
+        common::arg(&restored),
+    ]);
+    let again = Server::start_in(&restored, &[]).await;
+    let sid = session["sessionId"].as_str().unwrap();
+    let (status, s) = again.get_json(&format!("/v1/sessions/{sid}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(s["data"]["n"], 7);
 }
 
 #[tokio::test]

@@ -513,9 +513,11 @@ async fn a_flush_that_never_returns_fails_writes_and_shutdown_still_ends() {
         return;
     };
     let dir = fs.path().join("data");
+    // The big session below must pass session_max_bytes to reach sled.
     let env = [
         ("TETHER_DISK_RESERVE_BYTES", "0"),
         ("TETHER_FLUSH_TIMEOUT_MS", "1000"),
+        ("TETHER_SESSION_MAX_BYTES", "1048576"),
     ];
     let mut server = start_with_env(&dir, &env).await;
     let (status, s) = write(
@@ -687,4 +689,84 @@ async fn a_server_started_on_a_full_disk_recovers_once_there_is_room() {
         .expect("the server did not exit within 12 s of SIGTERM")
         .unwrap();
     assert_eq!(exited.code(), Some(0));
+}
+
+/// A connect whose record cannot be made durable (the flush it waits for never returns) is
+/// refused after its upgrade (1013) or before its stream (SSE 503), gets no `welcome`, and
+/// leaves nothing behind: no record, and its `max_total` slot free.
+#[tokio::test]
+async fn a_connect_whose_commit_fails_releases_its_slot_and_gets_no_welcome() {
+    for transport in ["ws", "sse"] {
+        let _serial = SERIAL.lock().await;
+        let name = format!("a_connect_whose_commit_fails_{transport}");
+        let Some(fs) = Tmpfs::mount(&name, "16m") else {
+            return;
+        };
+        let dir = fs.path().join("data");
+        // The guard off, so that writes reach sled; a big value on a full disk then leaves
+        // sled's flush waiting for good (see tether::durability), and every write waiting
+        // for a flush fails after flush_timeout_ms.
+        let env = [
+            ("TETHER_DISK_RESERVE_BYTES", "0"),
+            ("TETHER_FLUSH_TIMEOUT_MS", "2000"),
+            ("TETHER_MAX_TOTAL", "1"),
+            ("TETHER_SESSION_MAX_BYTES", "1048576"),
+        ];
+        let mut server = start_with_env(&dir, &env).await;
+        fill(&fs.path().join("filler"));
+        let big = server
+            .admin(Method::POST, "/v1/sessions")
+            .json(&json!({"userId": "big", "data": {"big": "x".repeat(200_000)}}));
+        let stuck = tokio::spawn(async move { big.send().await.map(|r| r.status().as_u16()) });
+        // The connect's record is written while that flush hangs, and waits for the next.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let query = format!("token={}", server.token("ivy", json!({})));
+        if transport == "ws" {
+            match ws_connect_outcome(&server, &query).await {
+                Ok((frames, closed)) => {
+                    assert!(
+                        frames.iter().all(|f| f["type"] != "welcome"),
+                        "{transport}: a welcome for a record that was not made durable: {frames:?}"
+                    );
+                    assert_eq!(closed.code, Some(1013), "{closed:?}");
+                }
+                Err((status, body)) => panic!("refused before the upgrade: {status} {body}"),
+            }
+        } else {
+            match server.sse(&query, &[]).await {
+                Ok(mut sse) => {
+                    let e = sse.try_event(Duration::from_secs(2)).await;
+                    panic!("{transport}: a stream opened: {e:?}");
+                }
+                Err((status, body)) => {
+                    assert_eq!(status, 503, "{body}");
+                    assert_eq!(body["error"]["closeCode"], 1013, "{body}");
+                }
+            }
+        }
+        let status = stuck.await.unwrap().unwrap();
+        assert!(status == 503 || status == 507, "the big write: {status}");
+        // Nothing left behind: no record, no slot taken (reads still answer).
+        let (status, list) = read(&server, "/v1/users/ivy/connections").await;
+        assert_eq!(
+            (status, list.clone()),
+            (200, json!([])),
+            "{transport}: {list}"
+        );
+        let (_, health) = read(&server, "/v1/health").await;
+        assert_eq!(health["activeConnections"], 0, "{transport}: {health}");
+        assert_eq!(
+            health["byState"].get("authenticated"),
+            None,
+            "{transport}: {health}"
+        );
+        sigterm(&mut server).await;
+        // Once the disk has room and the store is opened again, the one slot is there.
+        std::fs::remove_file(fs.path().join("filler")).unwrap();
+        restart_with_env(&mut server, &env).await;
+        let (mut ws, welcome) = server.connect("ivy").await;
+        assert_eq!(welcome["type"], "welcome");
+        ws.close().await;
+        sigterm(&mut server).await;
+    }
 }

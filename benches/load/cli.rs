@@ -6,6 +6,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "load",
+    // cargo runs the bench as target/release/deps/load-<hash>; name it as it is typed.
+    bin_name = "cargo bench --bench load --",
     about = "Load generator for tether: cargo bench --bench load -- <SCENARIO> [OPTIONS]",
     long_about = "Load generator for tether.\n\n\
         By default it starts the release server itself (on a temp data dir and a free \
@@ -131,6 +133,14 @@ pub struct Global {
     /// Deadline for the whole run.
     #[arg(long, global = true, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// connect, fanout: drive the floor server (benches/floor) instead of tether: spawned
+    /// (this generator re-executed as `serve`), or the one at --url.
+    #[arg(long, global = true)]
+    pub floor: bool,
+    /// connect, fanout: run against tether, then against a spawned floor server with the
+    /// same parameters; print both and each figure's ratio tether / floor.
+    #[arg(long, global = true, conflicts_with = "floor")]
+    pub vs_floor: bool,
 }
 
 #[derive(Args, Debug, Clone)]

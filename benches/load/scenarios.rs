@@ -611,6 +611,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             a.warmup_messages
         ));
     }
+    let cpu0 = server.cpu_ticks();
     let mut send_hist = util::new_hist();
     let first_send = now_ns();
     let delivered_total = warm_delivered
@@ -646,11 +647,18 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             sleep(Duration::from_millis(10)).await;
         }
     };
+    // Server CPU from the first measured send until the last frame arrived.
+    let cpu1 = server.cpu_ticks();
     let rep = fleet.report(Duration::from_secs(30)).await?;
     let cfinal = fleet.close(Duration::from_secs(30)).await?;
     server.stop_quietly().await;
     let c = &rep.counts;
     let measured = c.messages.saturating_sub(warm_delivered);
+    let cpu_secs = match (cpu0, cpu1) {
+        (Some(b), Some(a2)) => Some((a2 - b) as f64 / util::clk_tck() as f64),
+        _ => None,
+    };
+    let cpu_per_frame = cpu_secs.map(|s| s * 1e6 / measured.max(1) as f64);
     let wall_ns = c.last_frame_ns.saturating_sub(first_send).max(1);
     let per_sec = measured as f64 / secs(wall_ns);
     out.say(format!(
@@ -672,6 +680,13 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         per_sec
     ));
     out.say(format!("delivery latency: {}", hist_line(&rep.delivery)));
+    out.say(format!(
+        "server CPU per delivered frame: {} ({} over the measured part)",
+        cpu_per_frame
+            .map(|v| format!("{v:.2} us"))
+            .unwrap_or("?".into()),
+        cpu_secs.map(|v| format!("{v:.2} s")).unwrap_or("?".into())
+    ));
     out.say(format!("errors: {}", errors_line(&cfinal.errors)));
     if !post_errors.is_empty() {
         out.say(format!("POST errors: {}", errors_line(&post_errors)));
@@ -695,6 +710,8 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "wallSecs": secs(wall_ns),
         "messagesPerSec": per_sec,
         "deliveryLatencyUs": hist_json(&rep.delivery),
+        "serverCpuSecs": cpu_secs,
+        "cpuPerFrameUs": cpu_per_frame,
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),
     }))

@@ -6,7 +6,7 @@ use crate::cli::Cli;
 use crate::conn::{Auth, ConnParams, ConnSpec, Pool};
 use crate::fleet::{Fleet, FleetPlan};
 use crate::util::{self, check, now_ns, R};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -297,6 +297,12 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
             ])
             .map_err(|e| e.to_string())?;
             check(c.global.server_args == ["--x", "-1"], "raw server args")?;
+            // The help names the command as it is typed, not cargo's hashed file name.
+            let usage = Cli::command().render_usage().to_string();
+            check(
+                usage.contains("Usage: cargo bench --bench load -- "),
+                "usage names the bench",
+            )?;
             Ok(String::new())
         })(),
     )?;
@@ -396,6 +402,7 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         )
         .map(|_| String::new()),
     )?;
+    step("floor", crate::versus::self_check().await)?;
     step("local-fleet", fleet_cycle(&tiny, n, 100_000).await)?;
     step("worker-fleet", fleet_cycle(&tiny, n, n.div_ceil(3)).await)?;
     eprintln!("selftest: {passed} passed, 0 failed");

@@ -5,8 +5,10 @@
 //! - every reader returns, never panics, and every refusal is a 400 (wrong type, not JSON) or
 //!   a 422 (a value out of its range, a field the route does not take), never a 5xx;
 //! - `object` takes exactly the JSON objects;
-//! - each reader gives back what the body says: a number as that number and only within
-//!   its bounds, a string as that string, absent or null as nothing where the route allows;
+//! - each reader gives back what the body says: a whole number (`60`, or `60.0`, the same
+//!   number in JSON) as that number and only within its bounds, a refusal naming the field
+//!   by its whole path; a string as that string, absent or null as nothing where the route
+//!   allows;
 //! - `message_data` is the `data` member as JSON that reads back as the same value, and a
 //!   `message` frame spliced from it is JSON carrying that value;
 //! - the metadata patch holds exactly the fields the body set;
@@ -17,8 +19,8 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use tether::api::body::{
-    conn_id, limit, message_data, object, only, opt_object, opt_string, opt_strings, opt_ttl,
-    opt_u64,
+    conn_id, limit, message_data, object, only, only_in, opt_object, opt_range, opt_string,
+    opt_strings, opt_ttl,
 };
 use tether::api::metadata_patch;
 use tether::error::ApiError;
@@ -48,18 +50,36 @@ fn refused(e: &ApiError) -> u16 {
     status
 }
 
-fn check_u64(m: &Map<String, Value>, key: &str, min: u64) {
-    match (opt_u64(m, key, min), m.get(key)) {
+/// The whole number a JSON number is (RFC 8259 §6 has no integer type: `60.0` is `60`),
+/// if it is one from 0 to `u64::MAX`.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+}
+
+fn check_range(m: &Map<String, Value>, key: &str, min: u64, max: u64) {
+    let shown = format!("outer.{key}");
+    match (opt_range(m, key, &shown, min, max), m.get(key)) {
         (Ok(None), None | Some(Value::Null)) => {}
         (Ok(Some(v)), Some(Value::Number(n))) => {
-            assert_eq!(n.as_u64(), Some(v));
-            assert!(v >= min);
+            assert_eq!(whole(n), Some(v), "{n}");
+            assert!((min..=max).contains(&v));
         }
         (Err(e), Some(Value::Number(n))) => {
             assert_eq!(refused(&e), 422);
-            assert!(n.as_u64().is_none_or(|v| v < min), "{n} refused");
+            assert!(
+                whole(n).is_none_or(|v| !(min..=max).contains(&v)),
+                "{n} refused"
+            );
+            assert!(e.message.contains(&format!("`{shown}`")), "{}", e.message);
         }
-        (Err(e), Some(_)) => assert_eq!(refused(&e), 400),
+        (Err(e), Some(_)) => {
+            assert_eq!(refused(&e), 400);
+            assert!(e.message.contains(&format!("`{shown}`")), "{}", e.message);
+        }
         (got, v) => panic!("{key}: {v:?} read as {got:?}"),
     }
     match opt_ttl(m, key) {
@@ -73,8 +93,9 @@ fn check_u64(m: &Map<String, Value>, key: &str, min: u64) {
 
 fn check_readers(m: &Map<String, Value>) {
     for key in KEYS {
-        check_u64(m, key, 0);
-        check_u64(m, key, 1);
+        check_range(m, key, 0, u64::MAX);
+        check_range(m, key, 1, u64::MAX);
+        check_range(m, key, 1, u32::MAX.into());
         match (opt_string(m, key), m.get(*key)) {
             (Ok(None), None) => {}
             (Ok(Some(s)), Some(Value::String(t))) => assert_eq!(&s, t),
@@ -117,6 +138,14 @@ fn check_readers(m: &Map<String, Value>) {
             assert!(m.keys().any(|k| !allowed.contains(&k.as_str())));
         }
     }
+    match only_in(m, "outer.", &allowed) {
+        Ok(()) => assert!(m.keys().all(|k| allowed.contains(&k.as_str()))),
+        Err(e) => {
+            assert_eq!(refused(&e), 422);
+            let k = m.keys().find(|k| !allowed.contains(&k.as_str())).unwrap();
+            assert!(e.message.contains(&format!("`outer.{k}`")), "{}", e.message);
+        }
+    }
 }
 
 fn check_message(m: &Map<String, Value>) {
@@ -156,14 +185,15 @@ fn check_metadata(m: &Map<String, Value>) {
             .collect::<Vec<_>>()
     });
     assert_eq!(p.permissions, strings);
-    let mpm = m
-        .get("rateLimit")
+    let rate_limit = m.get("rateLimit").and_then(Value::as_object);
+    if let Some(rl) = rate_limit {
+        assert!(rl.keys().all(|k| k == "messagesPerMinute"), "{rl:?}");
+    }
+    let mpm = rate_limit
         .and_then(|r| r.get("messagesPerMinute"))
-        .and_then(Value::as_u64);
-    assert_eq!(
-        p.messages_per_minute,
-        mpm.map(|v| v.min(u64::from(u32::MAX)) as u32)
-    );
+        .and_then(Value::as_number)
+        .and_then(whole);
+    assert_eq!(p.messages_per_minute.map(u64::from), mpm);
     if let Some(n) = p.messages_per_minute {
         assert!(n >= 1);
     }

@@ -22,7 +22,9 @@
 //! - the API key rules are the documented ones, the authenticator accepts a key table
 //!   exactly when `check_keys` finds no problem in it, and never shows a key in a message;
 //! - the credential of a request is the first of bearer header, `token`, session cookie,
-//!   `X-Session-Id`, `session_id`, each `%XX`-decoded as RFC 3986 has it (two hex digits).
+//!   `X-Session-Id`, `session_id`, each `%XX`-decoded as RFC 3986 has it (two hex digits);
+//!   one that is there but empty is presented as it is (to be refused at once), except an
+//!   empty session cookie, which is none.
 
 #![no_main]
 
@@ -426,7 +428,9 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
     };
     let hs = tether::transport::handshake(&config, &headers, Some(query), None);
 
-    // The reference: SPEC §2.1's order, an empty source counting as none.
+    // The reference: SPEC §2.1's order. A source that is there but empty is presented as
+    // it is (`?token=`, `Authorization: Bearer `, an empty `X-Session-Id`, `?session_id=`),
+    // so that it is refused at once; only an empty session cookie counts as none.
     let pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -442,15 +446,22 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
             .map(|(_, v)| v.clone())
             .filter(|v| !v.is_empty())
     };
-    let header = |name: &str| {
+    let given = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let present = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
     };
-    let bearer = header("authorization").and_then(|h| {
-        let (scheme, rest) = h.split_once(' ')?;
+    let header = |name: &str| present(name).filter(|s| !s.is_empty());
+    // A header value is trimmed, so `Bearer ` arrives as `Bearer`: the scheme alone.
+    let bearer = present("authorization").and_then(|h| {
+        let (scheme, rest) = h.split_once(' ').unwrap_or((&h, ""));
         scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| rest.trim().to_owned())
@@ -467,12 +478,12 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
         })
         .filter(|v| !v.is_empty());
     let want = bearer
-        .or_else(|| param("token"))
+        .or_else(|| given("token"))
         .map(Presented::Token)
         .or_else(|| {
             cookie
-                .or_else(|| header("x-session-id"))
-                .or_else(|| param("session_id"))
+                .or_else(|| present("x-session-id"))
+                .or_else(|| given("session_id"))
                 .map(Presented::Session)
         });
     assert_eq!(hs.credential, want, "query {query:?}, headers {headers:?}");

@@ -19,25 +19,52 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>> {
 
 /// Rejects fields a route does not know (a typo should not be silently ignored).
 pub fn only(m: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
+    only_in(m, "", allowed)
+}
+
+/// [`only`] for the object under `parent.` (`rateLimit.`): the message names the field by
+/// its whole path.
+pub fn only_in(m: &Map<String, Value>, parent: &str, allowed: &[&str]) -> Result<()> {
     match m.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid(format!(
-            "unknown or read-only field `{k}` (allowed: {})",
-            allowed.join(", ")
-        ))),
+        Some(k) => {
+            let allowed: Vec<String> = allowed.iter().map(|a| format!("{parent}{a}")).collect();
+            Err(ApiError::invalid(format!(
+                "unknown or read-only field `{parent}{k}` (allowed: {})",
+                allowed.join(", ")
+            )))
+        }
         None => Ok(()),
     }
 }
 
-pub fn opt_u64(m: &Map<String, Value>, key: &str, min: u64) -> Result<Option<u64>> {
+/// A whole number: `60`, and also `60.0`, which JSON (and JSON Schema's `integer`) counts as
+/// the same number; some clients write every number as a float.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
+/// An optional whole number from `min` to `max` under `key`, named `shown` in the message
+/// (its whole path): 422 for any other number, 400 for what is not a number.
+pub fn opt_range(
+    m: &Map<String, Value>,
+    key: &str,
+    shown: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= min => Ok(Some(v)),
+        Some(Value::Number(n)) => match whole(n) {
+            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
             _ => Err(ApiError::invalid(format!(
-                "`{key}` must be a whole number >= {min}"
+                "`{shown}` must be a whole number from {min} to {max}"
             ))),
         },
-        Some(_) => Err(ApiError::bad_request(format!("`{key}` must be a number"))),
+        Some(_) => Err(ApiError::bad_request(format!("`{shown}` must be a number"))),
     }
 }
 
@@ -47,12 +74,7 @@ const MAX_TTL_SECONDS: u64 = crate::config::MAX_SECONDS;
 
 /// A TTL in seconds: 1 to [`MAX_TTL_SECONDS`] (422 otherwise).
 pub fn opt_ttl(m: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
-    match opt_u64(m, key, 1)? {
-        Some(v) if v > MAX_TTL_SECONDS => Err(ApiError::invalid(format!(
-            "`{key}` must be a whole number from 1 to {MAX_TTL_SECONDS}"
-        ))),
-        v => Ok(v),
-    }
+    opt_range(m, key, key, 1, MAX_TTL_SECONDS)
 }
 
 pub fn opt_string(m: &Map<String, Value>, key: &str) -> Result<Option<String>> {

@@ -6,7 +6,8 @@ use warp::http::{Method, StatusCode};
 use warp::reply::{Reply, Response};
 
 use super::body::{
-    conn_id, message_data, only, opt_string, opt_strings, opt_ttl, opt_u64, reason, unknown_conn,
+    conn_id, message_data, only, only_in, opt_range, opt_string, opt_strings, opt_ttl, reason,
+    unknown_conn,
 };
 use super::{not_allowed, ok, Body, Ctx, Result, ADMIN, READ};
 use crate::error::ApiError;
@@ -188,9 +189,15 @@ pub fn metadata_patch(b: &serde_json::Map<String, Value>) -> Result<MetadataPatc
     match b.get("rateLimit") {
         None => {}
         Some(Value::Object(rl)) => {
-            only(rl, &["messagesPerMinute"])?;
-            let v = opt_u64(rl, "messagesPerMinute", 1)?;
-            patch.messages_per_minute = v.map(|v| v.min(u32::MAX as u64) as u32);
+            only_in(rl, "rateLimit.", &["messagesPerMinute"])?;
+            let v = opt_range(
+                rl,
+                "messagesPerMinute",
+                "rateLimit.messagesPerMinute",
+                1,
+                u32::MAX.into(),
+            )?;
+            patch.messages_per_minute = v.map(|v| u32::try_from(v).expect("checked above"));
         }
         Some(_) => return Err(ApiError::bad_request("`rateLimit` must be an object")),
     }

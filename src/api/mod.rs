@@ -1,8 +1,9 @@
 //! The HTTP API (SPEC §5): `/health`, `/ready`, `/metrics` and every `/v1` route.
 //!
 //! One warp filter hands each request to [`dispatch`], which sends it by its first path
-//! segment to the module of its resource: [`connections`], [`users`], [`sessions`], and
-//! [`ops`] (limits, health, stats, events, cleanup, the bus, backups, metrics). Each module
+//! segment to the module of its resource: [`connections`], [`users`], [`sessions`],
+//! [`ops`] (limits, health, stats, events, cleanup, the bus, backups, metrics, the OpenAPI
+//! document of `docs/openapi.json`), and [`dashboard`] (the operator's page). Each module
 //! is one `match` over (method, path) that names every route it serves, so a known path with
 //! another method is a 405 with `Allow`. Every failure is a JSON `{"error": {...}}` with a
 //! fitting status ([`crate::error`]); nothing a client sends can produce a 500. Routes reach
@@ -10,6 +11,7 @@
 
 pub mod body;
 mod connections;
+mod dashboard;
 mod ops;
 mod sessions;
 mod users;
@@ -255,6 +257,7 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response> {
         ["v1", "users", user, rest @ ..] => users::route(ctx, user, rest, body).await,
         ["v1", "sessions", rest @ ..] => sessions::route(ctx, rest, body).await,
         ["v1", rest @ ..] => ops::route_v1(ctx, rest).await,
+        ["dashboard", rest @ ..] => dashboard::route(ctx, rest),
         rest => ops::route_open(ctx, rest).await,
     }
 }

@@ -56,6 +56,9 @@ pub async fn route_open(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response> {
     }
 }
 
+/// The OpenAPI document of this API (`GET /v1/openapi.json`), as kept in `docs/`.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
 /// `/v1` routes that are not of one resource.
 pub async fn route_v1(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response> {
     let m = &ctx.req.method;
@@ -91,6 +94,13 @@ pub async fn route_v1(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response> {
             ctx.authorize(sessions_perm(ctx))?;
             bus_stream(ctx)
         }
+        (&Method::GET, ["openapi.json"]) => {
+            ctx.authorize(READ)?;
+            Ok(
+                warp::reply::with_header(OPENAPI, "content-type", "application/json")
+                    .into_response(),
+            )
+        }
         (&Method::GET, ["backup"]) => {
             ctx.authorize(ADMIN)?;
             let bytes = ctx.node.snapshot().await?;
@@ -104,7 +114,8 @@ pub async fn route_v1(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response> {
         (_, ["cleanup"]) => Err(not_allowed(ctx.req, &[Method::POST])),
         (
             _,
-            ["registry" | "nodes" | "limits" | "health" | "stats" | "events" | "bus" | "backup"],
+            ["registry" | "nodes" | "limits" | "health" | "stats" | "events" | "bus" | "backup"
+            | "openapi.json"],
         ) => Err(not_allowed(ctx.req, &[Method::GET])),
         _ => Err(super::no_route(ctx.req)),
     }

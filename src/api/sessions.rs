@@ -6,12 +6,14 @@ use warp::reply::{Reply, Response};
 
 use super::body::{only, opt_object, opt_string, opt_strings, opt_ttl, unknown_session};
 use super::{json_reply, not_allowed, ok, sessions_perm, Body, Ctx, Result};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::node::{NewSession, SessionError};
 
 fn session_error(sid: &str, e: SessionError) -> ApiError {
     match e {
         SessionError::Unknown => unknown_session(sid),
+        SessionError::TooLarge { .. } => ApiError::new(ErrorCode::SessionTooLarge, e.to_string()),
+        SessionError::TooMany { .. } => ApiError::new(ErrorCode::TooManySessions, e.to_string()),
         SessionError::Store(e) => e.into(),
     }
 }
@@ -29,7 +31,9 @@ pub async fn route(ctx: &Ctx<'_>, rest: &[&str], body: Body) -> Result<Response>
             let user = opt_string(&b, "userId")?
                 .ok_or_else(|| ApiError::bad_request("`userId` is required"))?;
             if user.is_empty() || user.contains('\0') {
-                return Err(ApiError::invalid("`userId` must be a non-empty string"));
+                return Err(ApiError::invalid(
+                    "`userId` must be a non-empty string without NUL characters",
+                ));
             }
             let new = NewSession {
                 user_id: user,
@@ -38,7 +42,11 @@ pub async fn route(ctx: &Ctx<'_>, rest: &[&str], body: Body) -> Result<Response>
                 permissions: opt_strings(&b, "permissions")?.unwrap_or_default(),
                 device: b.get("device").cloned().unwrap_or(Value::Null),
             };
-            let s = ctx.node.create_session(new).await?;
+            let s = ctx
+                .node
+                .create_session(new)
+                .await
+                .map_err(|e| session_error("", e))?;
             Ok(json_reply(StatusCode::CREATED, &s))
         }
         (_, []) => Err(not_allowed(ctx.req, &[Method::POST])),

@@ -1,12 +1,18 @@
 //! `/v1/users/{userId}/…`: everything of one user at once.
 
 use serde_json::json;
-use warp::http::Method;
+use warp::http::{HeaderValue, Method};
 use warp::reply::Response;
 
 use super::body::{message_data, reason};
 use super::{not_allowed, ok, sessions_perm, Body, Ctx, Result, ADMIN, READ};
+use crate::error::ApiError;
 use crate::protocol::Disconnect;
+
+/// The largest page of `GET /v1/users/{id}/sessions`, and the page size when only `after`
+/// is given.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
 
 pub async fn route(ctx: &Ctx<'_>, user: &str, rest: &[&str], body: Body) -> Result<Response> {
     let m = &ctx.req.method;
@@ -31,7 +37,7 @@ pub async fn route(ctx: &Ctx<'_>, user: &str, rest: &[&str], body: Body) -> Resu
         (_, ["messages"]) => Err(not_allowed(ctx.req, &[Method::POST])),
         (&Method::GET, ["sessions"]) => {
             ctx.authorize(sessions_perm(ctx))?;
-            ok(&json!(ctx.node.user_sessions(user).await?))
+            sessions_page(ctx, user).await
         }
         (&Method::DELETE, ["sessions"]) => {
             ctx.authorize(sessions_perm(ctx))?;
@@ -41,4 +47,60 @@ pub async fn route(ctx: &Ctx<'_>, user: &str, rest: &[&str], body: Body) -> Resu
         (_, ["sessions"]) => Err(not_allowed(ctx.req, &[Method::GET, Method::DELETE])),
         _ => Err(super::no_route(ctx.req)),
     }
+}
+
+/// `GET /v1/users/{id}/sessions[?limit=&after=]`: without paging parameters every live
+/// session (at most `max_sessions_per_user`); with them a page in session id order. Either
+/// way a plain array; a full page carries `Link: <…?after=<last id>&limit=n>; rel="next"`.
+async fn sessions_page(ctx: &Ctx<'_>, user: &str) -> Result<Response> {
+    let mut limit = None;
+    let mut after = None;
+    for (k, v) in crate::transport::query_pairs(Some(&ctx.req.query)) {
+        match k.as_str() {
+            "limit" => limit = Some(super::body::limit(&v, MAX_PAGE)?),
+            "after" if v.is_empty() => {}
+            "after" => after = Some(v),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{k}` (allowed: limit, after)"
+                )))
+            }
+        }
+    }
+    if limit.is_none() && after.is_none() {
+        return ok(&json!(ctx.node.user_sessions(user).await?));
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    let page = ctx
+        .node
+        .user_sessions_page(user, after.as_deref(), limit)
+        .await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().and_then(|s| s["sessionId"].as_str()))
+        .flatten()
+        .map(|last| {
+            format!(
+                "</v1/users/{}/sessions?after={}&limit={limit}>; rel=\"next\"",
+                encode(user),
+                encode(last)
+            )
+        });
+    let mut r = ok(&json!(page))?;
+    if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert("link", v);
+    }
+    Ok(r)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -175,6 +175,8 @@ config_keys! {
     resume_grace_seconds: u64 = 120 => Connections "N" { min: 0, max: MAX_SECONDS }
     /// Messages kept per connection for replay on resume
     replay_buffer_messages: usize = 256 => Connections "N" {}
+    /// Bytes of frames kept per connection for replay, oldest dropped first
+    replay_buffer_bytes: usize = 1_048_576 => Connections "N" { min: 1024 }
     /// Bytes queued per connection before it is closed as a slow consumer
     outbound_queue_bytes: usize = 1_048_576 => Connections "N" { min: 1024 }
     /// Largest HTTP API request body, in bytes
@@ -183,6 +185,10 @@ config_keys! {
     session_ttl_seconds: u64 = 86_400 => Sessions "N" { max: MAX_SECONDS }
     /// Name of the session cookie
     session_cookie: String = "tether_sid".to_string() => Sessions "NAME" {}
+    /// Largest session data, as JSON, after a merge (413 / session_too_large)
+    session_max_bytes: usize = 65_536 => Sessions "N" { min: 2 }
+    /// Live sessions one user may have (409 / too_many_sessions)
+    max_sessions_per_user: usize = 100 => Sessions "N" {}
     /// Events kept in the event log
     event_log_max: usize = 100_000 => Storage "N" {}
     /// sync, batched or relaxed: when a write is flushed relative to its acknowledgement

@@ -25,7 +25,7 @@ use warp::http::{Request, Response};
 
 use super::admission::Admitted;
 use super::clock::{instant, now_ms};
-use super::front::{Front, Inner, RequestBody};
+use super::front::{ConnAbort, Front, Inner, RequestBody};
 use super::Timeouts;
 
 /// How long graceful shutdown lets a connection finish its request.
@@ -255,7 +255,8 @@ impl Admitted {
                 tcp,
                 slot: slot.clone(),
             });
-            let front = Front::new(routes, peer, slot.clone(), admission.clone());
+            let abort = ConnAbort::default();
+            let front = Front::new(routes, peer, slot.clone(), admission.clone(), abort.clone());
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, front)
                 .with_upgrades();
@@ -285,6 +286,8 @@ impl Admitted {
                     }
                     () = slot.wake.notified() => {}
                     () = slot.shed_signal() => break,
+                    // A transport gave up on its client (dropping `conn` closes the socket).
+                    () = abort.aborted() => break,
                     _ = stop.changed() => {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(SHUTDOWN_WAIT, conn.as_mut()).await;

@@ -22,6 +22,26 @@ use super::admission::{Admission, Pending};
 use super::clock::instant;
 use super::connection::Slot;
 
+/// Ends the HTTP connection a request came on, put into request extensions by the
+/// listener. A response body can end only when its client reads it: an SSE stream whose
+/// client stopped reading would keep its connection, and the kernel's send buffer behind
+/// it, for as long as that client likes. Its transport drops the connection instead.
+#[derive(Debug, Clone, Default)]
+pub struct ConnAbort(std::sync::Arc<tokio::sync::Notify>);
+
+impl ConnAbort {
+    /// Asks the listener to drop the connection now.
+    pub fn abort(&self) {
+        // A permit is kept if the listener is not waiting at this instant.
+        self.0.notify_one();
+    }
+
+    /// Resolves once [`ConnAbort::abort`] was called.
+    pub async fn aborted(&self) {
+        self.0.notified().await
+    }
+}
+
 /// The peer address of an HTTP connection, put into request extensions for the routes.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -31,6 +51,7 @@ pub(super) struct Front<S> {
     peer: SocketAddr,
     slot: Arc<Slot>,
     admission: Arc<Admission>,
+    abort: ConnAbort,
 }
 
 impl<S> Front<S> {
@@ -39,12 +60,14 @@ impl<S> Front<S> {
         peer: SocketAddr,
         slot: Arc<Slot>,
         admission: Arc<Admission>,
+        abort: ConnAbort,
     ) -> Self {
         Front {
             routes,
             peer,
             slot,
             admission,
+            abort,
         }
     }
 }
@@ -67,12 +90,13 @@ where
         let slot = self.slot.clone();
         let admission = self.admission.clone();
         let peer = self.peer;
+        let abort = self.abort.clone();
         admission.leave_idle(&slot);
         slot.request_started();
         // Counts the response as written even if hyper drops this future unanswered.
         let written = Written::new(&slot, &admission);
         Box::pin(async move {
-            let res = serve(routes, peer, &slot, &admission, req).await;
+            let res = serve(routes, peer, abort, &slot, &admission, req).await;
             let res = if slot.body_timed_out.swap(false, Relaxed) {
                 boxed(closing(error(
                     StatusCode::REQUEST_TIMEOUT,
@@ -99,6 +123,7 @@ where
 async fn serve<S>(
     mut routes: S,
     peer: SocketAddr,
+    abort: ConnAbort,
     slot: &Arc<Slot>,
     admission: &Arc<Admission>,
     mut req: Request<Incoming>,
@@ -112,6 +137,7 @@ where
         return boxed(refusal);
     }
     req.extensions_mut().insert(PeerAddr(peer));
+    req.extensions_mut().insert(abort);
     if req.uri().path() == "/ws" && slot.pending.load(Relaxed) {
         req.extensions_mut().insert(Pending::cell(slot, admission));
     }

@@ -33,7 +33,7 @@ mod front;
 
 pub use admission::{Admission, Admitted, Pending};
 pub use connection::Watched;
-pub use front::{boxed, Inner, PeerAddr, RequestBody};
+pub use front::{boxed, ConnAbort, Inner, PeerAddr, RequestBody};
 
 /// How long a connection may spend in each phase, from the configuration (milliseconds).
 #[derive(Debug, Clone, Copy)]

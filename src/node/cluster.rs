@@ -54,7 +54,7 @@ impl Node {
     async fn cluster_loop(&self) {
         let every = Duration::from_millis(self.config.node_heartbeat_ms);
         let lease = Duration::from_millis(self.config.node_lease_ms);
-        let started_at = rfc3339(now_ms());
+        let started_at = rfc3339(self.started_at);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = self.stopping.subscribe();

@@ -61,6 +61,9 @@ impl Node {
     /// Checks a presented credential: a JWT or API key, or a session id.
     async fn authenticate(&self, cred: &Presented) -> Result<Identity, Disconnect> {
         let result = match cred {
+            Presented::Token(c) | Presented::Session(c) if c.is_empty() => {
+                Err(Disconnect::unauthorized("empty credential"))
+            }
             Presented::Token(raw) => match self.auth.verify(raw) {
                 Err(e) => Err(Disconnect::unauthorized(e.reason())),
                 Ok(v) => {
@@ -323,6 +326,12 @@ impl Node {
                 ErrorCode::SessionEnded,
                 "the session no longer exists".into(),
             )),
+            Err(e @ SessionError::TooLarge { .. }) => {
+                Err((ErrorCode::SessionTooLarge, e.to_string()))
+            }
+            Err(e @ SessionError::TooMany { .. }) => {
+                Err((ErrorCode::TooManySessions, e.to_string()))
+            }
             Err(SessionError::Store(e)) => Err(store_refused(&e)),
         }
     }

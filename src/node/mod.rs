@@ -57,6 +57,8 @@ pub struct Node {
     resubscribe: Notify,
     /// The address this node listens on, once it does (`GET /v1/nodes`).
     listen: std::sync::OnceLock<String>,
+    /// When this node was made (`startedAt` of `GET /v1/nodes`).
+    started_at: crate::time::Millis,
 }
 
 impl Node {
@@ -84,6 +86,7 @@ impl Node {
             bus_ok: AtomicBool::new(true),
             resubscribe: Notify::new(),
             listen: std::sync::OnceLock::new(),
+            started_at: crate::time::now_ms(),
         }
     }
 

@@ -196,7 +196,7 @@ impl Node {
         Ok(vec![crate::store::NodeInfo {
             node_id: self.id.clone(),
             listen: self.listen.get().cloned().unwrap_or_default(),
-            started_at: String::new(),
+            started_at: rfc3339(self.started_at),
             last_seen: rfc3339(now_ms()),
             connections: self.hub.len() as u64,
         }])
@@ -240,7 +240,7 @@ impl Node {
         v
     }
 
-    pub async fn create_session(&self, new: NewSession) -> Result<Value, StoreError> {
+    pub async fn create_session(&self, new: NewSession) -> Result<Value, SessionError> {
         let s = self.stores.sessions.create(new).await?;
         Ok(self.session_json(&s).await)
     }
@@ -276,6 +276,25 @@ impl Node {
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::new();
         for s in self.stores.sessions.list_user(user).await? {
+            out.push(self.session_json(&s).await);
+        }
+        Ok(out)
+    }
+
+    /// A page of the user's sessions, in session id order, after `after`.
+    pub async fn user_sessions_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut out = Vec::new();
+        for s in self
+            .stores
+            .sessions
+            .list_user_page(user, after, limit)
+            .await?
+        {
             out.push(self.session_json(&s).await);
         }
         Ok(out)

@@ -50,13 +50,20 @@ impl CloseCode {
         matches!(self.as_u16(), 1001 | 1013 | 4000..=4499)
     }
 
-    /// What becomes of the record. A connection that can come back (expired, slow, silent)
-    /// is kept Detached for its resume; one that was moved (resumed elsewhere) or is waiting
-    /// for the server to start again is left as it is; every other close removes it.
+    /// What becomes of the record. A connection that can come back (expired, slow, silent,
+    /// or told to retry: 1013 after it was registered, when a cluster node lost its lease or
+    /// Redis its data) is kept Detached for its resume; one that was moved (resumed
+    /// elsewhere) or is waiting for the server to start again is left as it is; every other
+    /// close removes it, a client that broke the protocol (1002, 1007) among them: its socket
+    /// is not lost, and resuming it would only replay to a client that cannot frame.
     pub fn fate(self) -> Fate {
         match self {
-            CloseCode::Expired | CloseCode::SlowConsumer | CloseCode::NoHeartbeat => Fate::Detach,
+            CloseCode::Expired
+            | CloseCode::SlowConsumer
+            | CloseCode::NoHeartbeat
+            | CloseCode::ServerFull => Fate::Detach,
             CloseCode::ShuttingDown | CloseCode::Replaced => Fate::Keep,
+            CloseCode::ProtocolError | CloseCode::InvalidData => Fate::Remove,
             _ => Fate::Remove,
         }
     }

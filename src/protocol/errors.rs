@@ -29,6 +29,9 @@ pub enum ErrorCode {
     NoSession,
     SessionEnded,
     AlreadyAuthenticated,
+    // Session limits (a `session.update` frame and the session routes).
+    SessionTooLarge,
+    TooManySessions,
 }
 
 impl ErrorCode {
@@ -52,6 +55,8 @@ impl ErrorCode {
             ErrorCode::NoSession => "no_session",
             ErrorCode::SessionEnded => "session_ended",
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::SessionTooLarge => "session_too_large",
+            ErrorCode::TooManySessions => "too_many_sessions",
         }
     }
 
@@ -63,8 +68,10 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound | ErrorCode::NoSession | ErrorCode::SessionEnded => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict | ErrorCode::AlreadyAuthenticated => 409,
-            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Conflict | ErrorCode::AlreadyAuthenticated | ErrorCode::TooManySessions => {
+                409
+            }
+            ErrorCode::PayloadTooLarge | ErrorCode::SessionTooLarge => 413,
             ErrorCode::InvalidValue => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable | ErrorCode::StoreStalled | ErrorCode::StoreFailed => 503,

@@ -134,6 +134,12 @@ impl FrameTemplate {
         }
     }
 
+    /// The length of [`FrameTemplate::render`]'s frame for `seq`, without rendering it.
+    pub fn rendered_len(&self, seq: u64) -> usize {
+        let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+        r#"{"type":"","seq":,"#.len() + self.kind.as_str().len() + digits + self.rest.len()
+    }
+
     /// The frame for `seq`, built in one allocation of the right size.
     pub fn render(&self, seq: u64) -> String {
         use std::fmt::Write;
@@ -146,5 +152,18 @@ impl FrameTemplate {
         s.push(',');
         s.push_str(&self.rest);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_len_is_the_length_of_the_rendered_frame() {
+        let t = FrameTemplate::message(r#"{"a":"é"}"#, "2026-01-01T00:00:00.000Z");
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(t.rendered_len(seq), t.render(seq).len(), "seq {seq}");
+        }
     }
 }

@@ -16,260 +16,26 @@
 //! each event is published once, by the write that caused it.
 
 pub mod embedded;
+mod errors;
 pub mod redis;
+mod types;
+
+pub use errors::{AdmitError, SessionError, StoreError};
+pub use types::*;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::model::{ConnRecord, EventType, Metadata, SessionRecord};
+use crate::model::{EventType, SessionRecord};
 
 pub use crate::model::{Assignment, Source};
 use crate::protocol::{Disconnect, Fate, FrameTemplate};
-use crate::time::Millis;
 
 pub use embedded::{
     db_path, lock_data_dir, manifest_path, DirLock, EmbeddedStore, Trees, SCHEMA_VERSION,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("data directory {dir} is in use by another tether{pid} (lock file {lock}); stop it first or choose another --data-dir")]
-    Locked {
-        dir: String,
-        lock: String,
-        pid: String,
-    },
-    #[error("cannot use data directory {dir}: {source}")]
-    Dir { dir: String, source: std::io::Error },
-    #[error("cannot open the store in {dir}: {detail}")]
-    Open { dir: String, detail: String },
-    #[error("the store in {dir} has schema version {found}; this tether reads version {SCHEMA_VERSION}. Use the tether release that wrote it, or restore a backup")]
-    Schema { dir: String, found: u32 },
-    #[error("the store in {dir} is damaged: {detail}. Nothing was changed; restore a backup (tether restore) or move the directory aside")]
-    Damaged { dir: String, detail: String },
-    #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error(transparent)]
-    Codec(#[from] crate::codec::CodecError),
-    /// The store cannot take writes now (it may later): refused, never half done.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A stored record (a Redis key) that does not decode.
-    #[error("the stored record {key} does not decode: {detail}")]
-    BadRecord { key: String, detail: String },
-    /// The store refuses writes for a reason with its own code (a full disk: 507; a stalled
-    /// or failed flush: 503); the message is for the operator.
-    #[error("{message}")]
-    Refused {
-        code: crate::protocol::ErrorCode,
-        message: String,
-        /// Said to end users (sockets), without an operator's details.
-        client_message: &'static str,
-    },
-}
-
-impl From<crate::durability::StoreUnwritable> for StoreError {
-    fn from(e: crate::durability::StoreUnwritable) -> Self {
-        use crate::durability::StoreUnwritable as U;
-        use crate::protocol::ErrorCode;
-        let code = match e {
-            U::DiskFull { .. } => ErrorCode::InsufficientStorage,
-            U::FlushStalled { .. } => ErrorCode::StoreStalled,
-            U::Failed { .. } => ErrorCode::StoreFailed,
-        };
-        StoreError::Refused {
-            code,
-            message: e.to_string(),
-            client_message: e.client_message(),
-        }
-    }
-}
-
-impl StoreError {
-    /// The code and message of a refused write, as a socket's `error` frame says it.
-    pub fn for_client(&self) -> (crate::protocol::ErrorCode, String) {
-        use crate::protocol::ErrorCode;
-        match self {
-            StoreError::Refused {
-                code,
-                client_message,
-                ..
-            } => (*code, client_message.to_string()),
-            StoreError::Unavailable(why) => (ErrorCode::Unavailable, why.clone()),
-            _ => (ErrorCode::Internal, "the store refused the write".into()),
-        }
-    }
-}
-
-/// Limits the connection store enforces, from the configuration.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_per_user: usize,
-    pub max_total: usize,
-    pub ttl_seconds: u64,
-    pub resume_grace_seconds: u64,
-    pub replay_buffer_messages: u64,
-    pub messages_per_minute: u32,
-}
-
-impl From<&crate::config::Config> for Limits {
-    fn from(config: &crate::config::Config) -> Limits {
-        Limits {
-            max_per_user: config.max_per_user,
-            max_total: config.max_total,
-            ttl_seconds: config.ttl_seconds,
-            resume_grace_seconds: config.resume_grace_seconds,
-            replay_buffer_messages: config.replay_buffer_messages as u64,
-            messages_per_minute: config.messages_per_minute,
-        }
-    }
-}
-
-/// An authenticated connection asking to be registered.
-pub struct NewConn {
-    pub id: Uuid,
-    pub user: AuthUser,
-    pub session_id: Option<String>,
-    pub meta: Metadata,
-    pub resume: Option<ResumeRequest>,
-    /// Waives the resume token (SSE's `Last-Event-ID`, which a browser sends without one);
-    /// the user must still match.
-    pub trusted_resume: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct ResumeRequest {
-    pub connection_id: String,
-    pub token: String,
-    pub last_seq: Option<u64>,
-}
-
-/// What [`ConnStore::admit`] decided.
-#[derive(Debug, Clone)]
-pub struct Admitted {
-    pub id: Uuid,
-    pub resume_token: String,
-    pub resumed: bool,
-    pub previous: Option<Uuid>,
-    pub resume_error: Option<String>,
-    /// Replay kept frames with a seq above this at activation.
-    pub replay_after: u64,
-    /// Sockets that must close because of this admission: the user's oldest past
-    /// `max_per_user` (4505), the old socket of a resumed connection (4507).
-    pub closing: Vec<Closing>,
-}
-
-/// A connection whose socket must be told to close, wherever it is.
-#[derive(Debug, Clone)]
-pub struct Closing {
-    pub id: Uuid,
-    pub user: String,
-    /// The node that holds its socket, if any.
-    pub node: Option<String>,
-    pub disconnect: Disconnect,
-}
-
-/// A connection that was removed, and its socket to close if it had one.
-#[derive(Debug, Clone)]
-pub struct Removed {
-    pub closing: Option<Closing>,
-}
-
-/// Why an admission failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
-    /// Refused by the rules (a resume of another user's connection, the server full).
-    #[error("{}", .0.reason)]
-    Refused(Disconnect),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<Disconnect> for AdmitError {
-    fn from(d: Disconnect) -> Self {
-        AdmitError::Refused(d)
-    }
-}
-
-/// A connection made Active: its record as it is now, and what its client is owed.
-#[derive(Debug, Clone)]
-pub struct Activation {
-    pub record: ConnRecord,
-    /// Kept frames after the admission's `replay_after`, in seq order, rendered.
-    pub replay: Vec<(u64, String)>,
-}
-
-/// Activity a connection's task keeps in memory and hands over now and then.
-#[derive(Debug, Clone, Copy)]
-pub struct Activity {
-    pub last_seen: Millis,
-    pub window_start: Millis,
-    pub window_count: u32,
-}
-
-/// Fields an operator may change (`PATCH /v1/connections/{id}/metadata`).
-#[derive(Debug, Default, Clone)]
-pub struct MetadataPatch {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub client_version: Option<Option<String>>,
-    pub permissions: Option<Vec<String>>,
-    pub messages_per_minute: Option<u32>,
-}
-
-/// Who a delivery is for.
-#[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
-    Connection(&'a Uuid),
-    User(&'a str),
-    /// Every connection linked to the session but `except` (the update's origin).
-    Session {
-        id: &'a str,
-        except: Option<&'a Uuid>,
-    },
-}
-
-/// Hands a delivery's frames to live sockets: (user, assignments, frame) → how many took it.
-pub type Sockets<'a> = &'a (dyn Fn(&str, &[Assignment], &FrameTemplate) -> usize + Sync);
-
-/// Outcome of a delivery.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Delivery {
-    /// Sockets that took the frame.
-    pub delivered: usize,
-    /// Connections the frame was assigned to (live or kept for their resume).
-    pub stored: usize,
-    /// The seq of the last assignment (for a single connection, its seq).
-    pub seq: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MigrateError {
-    Unknown,
-    Exists,
-}
-
-/// What one sweep did.
-#[derive(Debug, Default)]
-pub struct Sweep {
-    /// Active connections past their expiry: their sockets close with 4004 (they stay
-    /// resumable).
-    pub expired: Vec<Closing>,
-    /// Detached connections past the resume grace period, removed.
-    pub removed: usize,
-}
-
-/// Connections by state and by transport: (label, count) pairs.
-pub type Counts = (Vec<(String, u64)>, Vec<(String, u64)>);
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RecoveryReport {
-    pub detached: usize,
-    pub unreadable: usize,
-    pub deliveries: usize,
-}
 
 /// Connections: the seed's ConnectionManager, as state of record.
 #[async_trait]
@@ -384,49 +150,15 @@ pub trait ConnStore: Send + Sync {
     async fn counts(&self) -> Counts;
 }
 
-/// A new session.
-pub struct NewSession {
-    pub user_id: String,
-    pub ttl_seconds: Option<u64>,
-    pub data: Value,
-    pub permissions: Vec<String>,
-    pub device: Value,
-}
-
-/// A change to a session.
-pub struct SessionPatch<'a> {
-    pub data: Option<&'a serde_json::Map<String, Value>>,
-    pub ttl_seconds: Option<u64>,
-    pub source: Source,
-    pub connection: Option<Uuid>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("unknown session")]
-    Unknown,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<sled::Error> for SessionError {
-    fn from(e: sled::Error) -> Self {
-        SessionError::Store(e.into())
-    }
-}
-
-impl From<crate::codec::CodecError> for SessionError {
-    fn from(e: crate::codec::CodecError) -> Self {
-        SessionError::Store(e.into())
-    }
-}
-
 /// Server-side sessions. Each write publishes its bus event once it is durable, in the
-/// order of the session's writes.
+/// order of the session's writes. Every write holds [`SessionLimits`]: a session's data
+/// stays within `max_bytes` (checked on the merged data, under the session's write lock),
+/// and a user has at most `max_per_user` live sessions (checked under the user's); a
+/// refused write changes nothing.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Creates a session; publishes `session:created`.
-    async fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError>;
+    async fn create(&self, new: NewSession) -> Result<SessionRecord, SessionError>;
     /// The live session `id` (an expired one is as good as gone).
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Merges `data` (RFC 7386), sets a new TTL if given; publishes `session:updates`.
@@ -439,6 +171,22 @@ pub trait SessionStore: Send + Sync {
     async fn delete(&self, id: &str) -> Result<SessionRecord, SessionError>;
     /// The user's live sessions.
     async fn list_user(&self, user: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    /// At most `limit` of the user's live sessions, in session id order, those after
+    /// `after` (a session id) when given.
+    async fn list_user_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut all = self.list_user(user).await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all
+            .into_iter()
+            .filter(|s| after.is_none_or(|a| s.id.as_str() > a))
+            .take(limit)
+            .collect())
+    }
     /// Deletes every session of `user`; returns how many.
     async fn delete_user(&self, user: &str) -> Result<usize, StoreError>;
     /// Removes sessions past their expiry; publishes `session:expired` for each.
@@ -452,37 +200,6 @@ pub trait SessionStore: Send + Sync {
     }
 }
 
-/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything
-/// else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(serde_json::Map::new());
-            }
-            let t = target.as_object_mut().expect("made an object above");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
-/// Filters of `GET /v1/events`.
-#[derive(Debug, Default, Clone)]
-pub struct EventQuery {
-    pub connection_id: Option<Uuid>,
-    pub user_id: Option<String>,
-    pub event_type: Option<EventType>,
-    pub since: Option<Millis>,
-    pub limit: usize,
-}
-
 /// The connection event log (`logConnectionEvent`), bounded.
 #[async_trait]
 pub trait EventStore: Send + Sync {
@@ -493,17 +210,6 @@ pub trait EventStore: Send + Sync {
     async fn query(&self, q: &EventQuery) -> Result<Vec<Value>, StoreError>;
     /// Events kept.
     async fn count(&self) -> usize;
-}
-
-/// A node as the cluster knows it (`GET /v1/nodes`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    pub node_id: String,
-    pub listen: String,
-    pub started_at: String,
-    pub last_seen: String,
-    pub connections: u64,
 }
 
 /// Cluster membership: each node holds a lease it renews; a node whose lease ran out is

@@ -16,6 +16,8 @@ use crate::node::{Handshake, Presented, ResumeRequest};
 
 pub use crate::listener::PeerAddr;
 
+pub use crate::listener::ConnAbort;
+
 /// Parses a query string into decoded pairs.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     let Some(q) = query else { return Vec::new() };
@@ -73,6 +75,12 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Reads credentials (SPEC §2 order: bearer header, `token` query, session id from cookie,
 /// header or query), resume parameters and device info from a request.
+///
+/// A credential that is there but empty (`?token=`, `?session_id=`, `Authorization:
+/// Bearer `, an empty `X-Session-Id`) is presented as it is, and refused at once: it is
+/// not the absence of one, which would have the connection wait `auth_timeout_ms` for a
+/// first frame that such a client is not going to send. An empty session cookie is taken
+/// as none (a browser may keep one after a logout).
 pub fn handshake(
     config: &Config,
     headers: &HeaderMap,
@@ -86,29 +94,30 @@ pub fn handshake(
             .map(|(_, v)| v.clone())
             .filter(|v| !v.is_empty())
     };
-    let header = |name: &str| {
+    let given = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let present = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
     };
+    let header = |name: &str| present(name).filter(|s| !s.is_empty());
 
-    let bearer = header("authorization").and_then(|h| {
-        let (scheme, rest) = h.split_once(' ')?;
+    let bearer = present("authorization").and_then(|h| {
+        let (scheme, rest) = h.split_once(' ').unwrap_or((&h, ""));
         scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| rest.trim().to_string())
     });
     let credential = bearer
-        .or_else(|| param("token"))
+        .or_else(|| given("token"))
         .map(Presented::Token)
         .or_else(|| {
-            // An empty cookie is no session id, as an empty header or parameter is none.
+            // An empty cookie is no session id (a browser may keep one after a logout).
             cookie(headers, &config.session_cookie)
-                .filter(|v| !v.is_empty())
-                .or_else(|| header("x-session-id"))
-                .or_else(|| param("session_id"))
+                .filter(|c| !c.is_empty())
+                .or_else(|| present("x-session-id"))
+                .or_else(|| given("session_id"))
                 .map(Presented::Session)
         });
     let resume = param("resume").map(|id| ResumeRequest {

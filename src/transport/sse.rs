@@ -10,7 +10,10 @@
 //! the client stops reading, the body stops being polled, the pipe fills, the outbox's
 //! backlog grows past `outbound_queue_bytes`, and the connection closes as a slow consumer
 //! (4010, Detached) exactly as a WebSocket does; when the client goes away, the body is
-//! dropped and the connection is Detached at once.
+//! dropped and the connection is Detached at once. A stream that ends while its client does
+//! not read (the 4010 above, or any close) cannot end by itself: the body is read only as the
+//! client reads. After [`CLOSE_WAIT`] the HTTP connection is dropped instead
+//! ([`crate::transport::ConnAbort`]), so a client that stopped reading holds nothing.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -31,6 +34,7 @@ use crate::model::ConnType;
 use crate::node::{Attached, Node, ResumeRequest};
 use crate::protocol::{CloseCode, Disconnect};
 use crate::sync::lock;
+use crate::transport::ConnAbort;
 
 /// Bytes the pipe holds for the response body; past it, the outbox queues.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -75,6 +79,7 @@ pub async fn handle(
     headers: &HeaderMap,
     query: Option<&str>,
     peer: Option<SocketAddr>,
+    abort: ConnAbort,
 ) -> Reply {
     if !node.is_ready() {
         return Reply::Refused(ApiError::refused(&Disconnect::new(
@@ -124,6 +129,12 @@ pub async fn handle(
     tokio::spawn(async move {
         run(&node, &handle, &attached, &pipe).await;
         drop(guard);
+        // The response ends when the body has been read to its end; a client that does not
+        // read would keep the connection open: it gets CLOSE_WAIT, then the connection goes.
+        if tokio::time::timeout(CLOSE_WAIT, pipe.gone()).await.is_err() {
+            tracing::debug!(connection = %attached.id, "dropping the connection of an SSE client that does not read");
+            abort.abort();
+        }
     });
     Reply::Stream(body)
 }
@@ -186,7 +197,7 @@ struct PipeState {
 }
 
 impl Pipe {
-    /// Waits until the body is dropped.
+    /// Waits until the body is dropped: the client went away, or hyper read it to its end.
     async fn gone(&self) {
         loop {
             let notified = self.gone.notified();

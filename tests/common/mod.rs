@@ -339,10 +339,15 @@ pub async fn spawn_with_nofile(
             sh
         }
     };
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
+    cmd.arg("serve");
+    // A port of its own unless the test chose one (to restart on the same port).
+    if !args
+        .iter()
+        .any(|a| a == "--listen" || a.starts_with("--listen="))
+    {
+        cmd.arg("--listen").arg("127.0.0.1:0");
+    }
+    cmd.arg("--data-dir")
         .arg(dir)
         .args(args)
         .env_remove("RUST_LOG")
@@ -367,7 +372,17 @@ pub async fn spawn_with_nofile(
                             return rest[..end].parse::<SocketAddr>().map_err(|e| e.to_string());
                         }
                     }
-                    _ => return Err(format!("server exited before listening:\n{}", log.lock().unwrap())),
+                    _ => {
+                        // It is exiting: its last words (the reason) may still be on stderr.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Ok(Some(line)) = err_lines.next_line().await {
+                                log.lock().unwrap().push_str(&line);
+                                log.lock().unwrap().push('\n');
+                            }
+                        })
+                        .await;
+                        return Err(format!("server exited before listening:\n{}", log.lock().unwrap()));
+                    }
                 },
                 l = err_lines.next_line() => if let Ok(Some(line)) = l {
                     log.lock().unwrap().push_str(&line);

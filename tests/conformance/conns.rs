@@ -16,7 +16,7 @@ use tether::store::{
 };
 use tether::time::now_ms;
 
-use crate::{Opened, GRACE_SECONDS, MAX_PER_USER, MAX_TOTAL, NODE, REPLAY};
+use crate::{Opened, GRACE_SECONDS, MAX_PER_USER, MAX_TOTAL, NODE, REPLAY, REPLAY_BYTES};
 
 fn user(id: &str) -> AuthUser {
     AuthUser {
@@ -431,6 +431,50 @@ pub async fn an_ack_trims_what_a_resume_replays(o: &Opened) {
         .unwrap();
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
     assert_eq!(seqs_of(&act.replay), vec![3]);
+}
+
+/// `replay_buffer_bytes` bounds the frames kept as a resume would send them, the oldest
+/// dropped first; the newest is kept whatever its size.
+pub async fn the_replay_buffer_is_bounded_in_bytes_too(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "gil", None).await;
+    let sockets = Sockets::new(o).await;
+    let f = |u: &str, to: &[Assignment], t: &FrameTemplate| sockets.take(u, to, t);
+    let mut sizes = Vec::new();
+    for (n, pad) in [
+        (1, 100),
+        (2, 100),
+        (3, REPLAY_BYTES / 2),
+        (4, 100),
+        (5, REPLAY_BYTES),
+    ] {
+        let data = json!({"n": n, "pad": "p".repeat(pad)}).to_string();
+        let t = FrameTemplate::message(&data, "t");
+        sizes.push(t.render(n).len());
+        c.deliver(Target::Connection(&a.id), t, &f, true)
+            .await
+            .expect("delivered");
+        let kept = c.replay(&a.id, 0).await.unwrap();
+        let bytes: usize = kept.iter().map(|(_, f)| f.len()).sum();
+        let newest = kept.last().map(|(s, _)| *s);
+        assert_eq!(newest, Some(n), "the newest is kept: {:?}", seqs_of(&kept));
+        assert!(
+            bytes <= REPLAY_BYTES || kept.len() == 1,
+            "after {n}: {bytes} bytes in {:?}",
+            seqs_of(&kept)
+        );
+        // Nothing is dropped that would have fit.
+        let first = kept[0].0 as usize;
+        if first > 1 {
+            let with_one_more: usize = bytes + sizes[first - 2];
+            assert!(
+                with_one_more > REPLAY_BYTES,
+                "after {n}: {:?}",
+                seqs_of(&kept)
+            );
+        }
+    }
+    assert_eq!(seqs_of(&c.replay(&a.id, 0).await.unwrap()), vec![5]);
 }
 
 pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {

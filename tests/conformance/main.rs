@@ -38,7 +38,10 @@ pub const NODE: &str = "node-a";
 pub const MAX_PER_USER: usize = 3;
 pub const MAX_TOTAL: usize = 8;
 pub const REPLAY: usize = 4;
+pub const REPLAY_BYTES: usize = 1024;
 pub const GRACE_SECONDS: u64 = 1;
+pub const SESSION_MAX_BYTES: usize = 1024;
+pub const SESSIONS_PER_USER: usize = 4;
 
 /// Opens the stores of another node (named by the argument) over the same state.
 pub type Peer = Arc<dyn Fn(&str) -> BoxFuture<'static, Stores> + Send + Sync>;
@@ -116,9 +119,12 @@ fn config(dir: &std::path::Path) -> Config {
         max_per_user: MAX_PER_USER,
         max_total: MAX_TOTAL,
         replay_buffer_messages: REPLAY,
+        replay_buffer_bytes: REPLAY_BYTES,
         resume_grace_seconds: GRACE_SECONDS,
         event_log_max: 50,
         session_ttl_seconds: 3600,
+        session_max_bytes: SESSION_MAX_BYTES,
+        max_sessions_per_user: SESSIONS_PER_USER,
         ..Config::default()
     }
 }
@@ -212,6 +218,8 @@ pub fn redis_settings(url: &str, node: &str) -> RedisSettings {
         limits: Limits::from(&config(std::path::Path::new("unused"))),
         event_log_max: 50,
         session_ttl_seconds: 3600,
+        session_max_bytes: SESSION_MAX_BYTES,
+        max_sessions_per_user: SESSIONS_PER_USER,
         command_timeout: COMMAND_TIMEOUT,
     }
 }
@@ -304,6 +312,7 @@ mod embedded {
         delivers_each_connection_its_own_seq_and_keeps_it_for_replay,
         an_ack_trims_what_a_resume_replays,
         a_resume_with_an_old_last_seq_says_what_was_lost,
+        the_replay_buffer_is_bounded_in_bytes_too,
         removes_by_id_by_user_and_by_session,
         migrates_to_a_new_id,
         detached_connections_go_after_the_grace_period,
@@ -316,6 +325,7 @@ mod embedded {
         merges_updates_and_publishes_them_in_order,
         deletes_one_and_all_of_a_user,
         expired_sessions_are_gone_and_swept_once,
+        holds_the_size_and_count_limits_and_pages_a_users_list,
     );
     cases!(crate::embedded; events:
         logs_filters_and_bounds_the_log,
@@ -336,6 +346,7 @@ mod redis {
         delivers_each_connection_its_own_seq_and_keeps_it_for_replay,
         an_ack_trims_what_a_resume_replays,
         a_resume_with_an_old_last_seq_says_what_was_lost,
+        the_replay_buffer_is_bounded_in_bytes_too,
         removes_by_id_by_user_and_by_session,
         migrates_to_a_new_id,
         detached_connections_go_after_the_grace_period,
@@ -348,6 +359,7 @@ mod redis {
         merges_updates_and_publishes_them_in_order,
         deletes_one_and_all_of_a_user,
         expired_sessions_are_gone_and_swept_once,
+        holds_the_size_and_count_limits_and_pages_a_users_list,
     );
     cases!(crate::redis; events:
         logs_filters_and_bounds_the_log,

@@ -166,3 +166,73 @@ pub async fn expired_sessions_are_gone_and_swept_once(o: &Opened) {
     }
     assert!(s.get(&keep.id).await.unwrap().is_some());
 }
+
+/// `session_max_bytes` holds on the merged data, `max_sessions_per_user` on live sessions,
+/// and a refused write changes nothing and publishes nothing.
+pub async fn holds_the_size_and_count_limits_and_pages_a_users_list(o: &Opened) {
+    use crate::{SESSIONS_PER_USER, SESSION_MAX_BYTES};
+    let s = &*o.stores.sessions;
+    let mut updates = o.bus.subscribe(&[Topic::Channel(Channel::SessionUpdates)]);
+    let too_big = json!({"k": "x".repeat(SESSION_MAX_BYTES)});
+    assert!(matches!(
+        s.create(new("gus", None, too_big.clone())).await,
+        Err(SessionError::TooLarge { .. })
+    ));
+    assert!(
+        s.list_user("gus").await.unwrap().is_empty(),
+        "nothing created"
+    );
+
+    let a = s
+        .create(new("gus", None, json!({"a": "1234567890"})))
+        .await
+        .unwrap();
+    let half = json!({"b": "y".repeat(SESSION_MAX_BYTES / 2)});
+    s.update(&a.id, patch(&half)).await.unwrap();
+    next_event(&mut updates).await;
+    let more = json!({"c": "z".repeat(SESSION_MAX_BYTES / 2)});
+    match s.update(&a.id, patch(&more)).await {
+        Err(SessionError::TooLarge { bytes, max }) => {
+            assert!(bytes > max, "{bytes} > {max}");
+            assert_eq!(max, SESSION_MAX_BYTES);
+        }
+        other => panic!("past the cap: {other:?}"),
+    }
+    let kept = s.get(&a.id).await.unwrap().unwrap();
+    assert!(
+        !kept.data_json.contains("zzz"),
+        "nothing merged: {}",
+        kept.data_json
+    );
+    // A patch that removes what it adds fits: the cap is on the result.
+    let swap = json!({"b": null, "c": "z".repeat(SESSION_MAX_BYTES / 2)});
+    s.update(&a.id, patch(&swap)).await.unwrap();
+    match next_event(&mut updates).await {
+        BusEvent::SessionUpdated(e) => assert_eq!(e.updates, Some(swap.clone())),
+        other => panic!("the refused update was published: {other:?}"),
+    }
+
+    let mut ids = vec![a.id.clone()];
+    for _ in 1..SESSIONS_PER_USER {
+        ids.push(s.create(new("gus", None, json!({}))).await.unwrap().id);
+    }
+    assert!(matches!(
+        s.create(new("gus", None, json!({}))).await,
+        Err(SessionError::TooMany {
+            max: SESSIONS_PER_USER
+        })
+    ));
+    s.create(new("hal", None, json!({})))
+        .await
+        .expect("another user's");
+    s.delete(&ids.pop().unwrap()).await.unwrap();
+    ids.push(s.create(new("gus", None, json!({}))).await.unwrap().id);
+
+    ids.sort();
+    let first = s.list_user_page("gus", None, 3).await.unwrap();
+    let first: Vec<String> = first.into_iter().map(|s| s.id).collect();
+    assert_eq!(first, ids[..3]);
+    let rest = s.list_user_page("gus", Some(&first[2]), 3).await.unwrap();
+    let rest: Vec<String> = rest.into_iter().map(|s| s.id).collect();
+    assert_eq!(rest, ids[3..]);
+}

@@ -9,16 +9,22 @@ use uuid::Uuid;
 
 use crate::bus::{Bus, BusEvent, Channel};
 use crate::codec;
-use crate::model::{EventType, StoredEvent};
+use crate::model::{EventType, StoredEvent, MAX_SEQ};
 use crate::store::{EventQuery, EventStore, StoreError};
 use crate::sync::lock;
 use crate::time::now_ms;
+
+/// Old events removed per append, at most: one in the steady state; a log that must shrink
+/// by more (a smaller `event_log_max`, numbers that jumped) catches up a few at a time, so
+/// an append never does work its data decides.
+const TRIM_PER_APPEND: usize = 8;
 
 pub struct EventLog {
     tree: sled::Tree,
     /// The next seq. Taken with the timestamp under one lock, so seq order is time order
     /// (`query` relies on it to stop at `since`).
     next: std::sync::Mutex<u64>,
+    /// No stored event is older than this (a lower bound: trimming raises it).
     oldest: AtomicU64,
     max: u64,
     bus: Arc<dyn Bus>,
@@ -29,12 +35,35 @@ pub struct EventLog {
 
 impl EventLog {
     /// Opens the log over `tree`; starts its publisher task on the current runtime.
+    ///
+    /// Events stored under a seq past 2^53 cannot be tether's (see [`MAX_SEQ`]): they are
+    /// reported, left in the store untouched, and neither numbered from nor served.
     pub fn open(tree: sled::Tree, max: usize, bus: Arc<dyn Bus>) -> EventLog {
         let seq_of = |kv: Option<(sled::IVec, sled::IVec)>| {
             kv.and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
         };
-        let last = seq_of(tree.last().ok().flatten()).unwrap_or(0);
-        let first = seq_of(tree.first().ok().flatten()).unwrap_or(last + 1);
+        let damaged: Vec<u64> = tree
+            .range(Self::past_max()..)
+            .keys()
+            .flatten()
+            .take(10)
+            .filter_map(|k| k.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .collect();
+        if !damaged.is_empty() {
+            tracing::error!(
+                seqs = ?damaged,
+                "the event log holds events numbered past 2^53, which tether never writes; \
+                 they are left in the store untouched and are not served"
+            );
+        }
+        let last = seq_of(
+            tree.range(..Self::past_max())
+                .next_back()
+                .and_then(Result::ok),
+        )
+        .unwrap_or(0);
+        let first =
+            seq_of(tree.range(..Self::past_max()).next().and_then(Result::ok)).unwrap_or(last + 1);
         let (outgoing, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
         let publisher = bus.clone();
         tokio::spawn(async move {
@@ -57,11 +86,16 @@ impl EventLog {
     /// Appends an event, trims the oldest past `event_log_max`, and publishes it on
     /// `connection:events`. A store failure is logged, never returned: losing a log line must
     /// not fail a connection.
+    /// The first key past the seqs tether writes.
+    fn past_max() -> [u8; 8] {
+        (MAX_SEQ + 1).to_be_bytes()
+    }
+
     pub fn log(&self, connection_id: Uuid, user_id: &str, event_type: EventType, details: Value) {
         let (seq, timestamp) = {
             let mut next = lock(&self.next);
             let seq = *next;
-            *next += 1;
+            *next = next.saturating_add(1);
             (seq, now_ms())
         };
         let ev = StoredEvent {
@@ -80,18 +114,40 @@ impl EventLog {
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode a connection event"),
         }
-        while seq.saturating_sub(self.oldest.load(Ordering::SeqCst)) >= self.max {
-            let old = self.oldest.fetch_add(1, Ordering::SeqCst);
-            let _ = self.tree.remove(old.to_be_bytes());
-        }
+        self.trim(seq);
         if self.bus.has_subscribers(Channel::ConnectionEvents) {
             let _ = self.outgoing.send(ev.to_json());
         }
     }
 
+    /// Keeps the newest `max` events up to `seq`. It walks the keys that exist, never the
+    /// numbers between them: seqs are not dense (a restore, a crash between a seq and its
+    /// write), and a gap, however wide, must cost nothing. This runs under the connection
+    /// store's locks.
+    fn trim(&self, seq: u64) {
+        let cutoff = seq.saturating_add(1).saturating_sub(self.max);
+        if self.oldest.load(Ordering::SeqCst) >= cutoff {
+            return;
+        }
+        let old: Vec<sled::IVec> = self
+            .tree
+            .range(..cutoff.to_be_bytes())
+            .keys()
+            .take(TRIM_PER_APPEND)
+            .flatten()
+            .collect();
+        for k in &old {
+            let _ = self.tree.remove(k);
+        }
+        if old.len() < TRIM_PER_APPEND {
+            // Nothing older is left.
+            self.oldest.fetch_max(cutoff, Ordering::SeqCst);
+        }
+    }
+
     fn query_sync(&self, q: &EventQuery) -> Vec<Value> {
         let mut out = Vec::new();
-        for item in self.tree.iter().rev() {
+        for item in self.tree.range(..Self::past_max()).rev() {
             let Ok((_, v)) = item else { continue };
             let Ok(ev) = codec::decode::<StoredEvent>(&v) else {
                 continue;

@@ -14,6 +14,7 @@ mod trees;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -23,7 +24,11 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::durability::Flusher;
 use crate::metrics::Metrics;
-use crate::store::{Limits, NodeInfo, NodeStore, StoreAdmin, StoreError, Stores};
+use crate::store::{Limits, NodeInfo, NodeStore, SessionLimits, StoreAdmin, StoreError, Stores};
+
+/// How often a running server records in `store.manifest` the newest event seq it has
+/// made durable.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
 
 /// The open store of a running server: the trees, the group-commit flusher, the lock.
 #[derive(Clone)]
@@ -34,7 +39,50 @@ pub struct EmbeddedStore {
     sessions: sessions::Sessions,
     events: Arc<events::EventLog>,
     data_dir: PathBuf,
+    manifest: Arc<ManifestWriter>,
     _lock: Arc<DirLock>,
+}
+
+/// Keeps `store.manifest` up to date while the server runs (see [`Trees::check_manifest`]):
+/// the newest durable event seq every [`RECORD_EVERY`], so that after a crash the next
+/// start still knows a lower bound of what the store must hold; the store's files at the
+/// clean stop.
+struct ManifestWriter {
+    trees: Trees,
+    flusher: Flusher,
+    data_dir: PathBuf,
+    /// (the event seq last recorded, whether the clean stop is recorded). One writer at a
+    /// time; after the clean stop nothing else is recorded.
+    state: std::sync::Mutex<(u64, bool)>,
+}
+
+impl ManifestWriter {
+    /// Records `event_seq`, read before the flush that made it durable.
+    fn record(&self, event_seq: u64, clean: bool) -> Result<(), StoreError> {
+        let mut state = crate::sync::lock(&self.state);
+        if state.1 || (!clean && event_seq <= state.0) {
+            return Ok(());
+        }
+        self.trees.record(&self.data_dir, event_seq, clean)?;
+        *state = (event_seq, clean);
+        Ok(())
+    }
+
+    /// Every [`RECORD_EVERY`] while the store is open: the newest event seq, once durable.
+    async fn run(me: std::sync::Weak<ManifestWriter>) {
+        let mut tick = tokio::time::interval(RECORD_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(me) = me.upgrade() else { return };
+            let seq = me.trees.event_high_water();
+            if me.flusher.flush_now().await.is_ok() {
+                if let Err(e) = me.record(seq, false) {
+                    tracing::warn!(error = %e, "cannot update store.manifest");
+                }
+            }
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -51,6 +99,9 @@ impl EmbeddedStore {
         // needs to open a store on a disk that filled up meanwhile.
         let space = crate::space::Space::start(&config.data_dir, config.disk_reserve_bytes);
         let trees = Trees::open(&config.data_dir, config.cache_capacity_bytes)?;
+        // The store is checked and about to change: a clean stop's record no longer holds.
+        let event_seq = trees.event_high_water();
+        trees.record(&config.data_dir, event_seq, false)?;
         let flusher = Flusher::start(
             trees.db.clone(),
             config.durability,
@@ -58,6 +109,13 @@ impl EmbeddedStore {
             config.flush_timeout(),
             space,
         );
+        let manifest = Arc::new(ManifestWriter {
+            trees: trees.clone(),
+            flusher: flusher.clone(),
+            data_dir: config.data_dir.clone(),
+            state: std::sync::Mutex::new((event_seq, false)),
+        });
+        tokio::spawn(ManifestWriter::run(Arc::downgrade(&manifest)));
         let events = Arc::new(events::EventLog::open(
             trees.events.clone(),
             config.event_log_max,
@@ -75,7 +133,7 @@ impl EmbeddedStore {
             trees.clone(),
             bus,
             flusher.clone(),
-            config.session_ttl_seconds,
+            SessionLimits::from(config),
         );
         Ok(EmbeddedStore {
             trees,
@@ -84,6 +142,7 @@ impl EmbeddedStore {
             sessions,
             events,
             data_dir: config.data_dir.clone(),
+            manifest,
             _lock: Arc::new(lock),
         })
     }
@@ -133,16 +192,22 @@ impl StoreAdmin for EmbeddedStore {
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
-        // Lazy fields (last activity, rate-limit windows) only; on a disk under its reserve
-        // they could be the writes that fill it.
-        if self.flusher.writable().is_ok() {
+        // Lazy fields (last activity, rate-limit windows) and the manifest's record only; on
+        // a disk under its reserve they could be the writes that fill it.
+        let writable = self.flusher.writable().is_ok();
+        if writable {
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.conns.persist_all()).await;
         } else {
             tracing::warn!("the store refuses writes: last-activity times are not written back");
         }
+        let event_seq = self.trees.event_high_water();
         self.flusher.flush_now().await?;
-        Ok(())
+        // What a copy of the stopped directory must hold, checked at its next start.
+        if !writable {
+            return Ok(());
+        }
+        self.manifest.record(event_seq, true)
     }
 
     fn healthy(&self) -> Result<(), (crate::protocol::ErrorCode, String)> {

@@ -15,7 +15,9 @@ use crate::bus::{Bus, BusEvent, SessionEvent};
 use crate::codec;
 use crate::durability::Flusher;
 use crate::model::{SessionRecord, Source};
-use crate::store::{merge_patch, NewSession, SessionError, SessionPatch, SessionStore, StoreError};
+use crate::store::{
+    merge_patch, NewSession, SessionError, SessionLimits, SessionPatch, SessionStore, StoreError,
+};
 use crate::sync::{hash_str, lock};
 use crate::time::{now_ms, rfc3339};
 
@@ -33,13 +35,16 @@ struct Inner {
     /// Events wait here until the write they describe is durable (see [`publisher`]).
     outgoing: tokio::sync::mpsc::UnboundedSender<(BusEvent, u64)>,
     flusher: Flusher,
-    default_ttl_seconds: u64,
+    limits: SessionLimits,
     /// Writers of one session take its stripe (before `write`). An update is
     /// read-merge-write, so two at once (a PATCH and a `session.update`, say) would lose
     /// one of them, and an update racing a delete or the sweeper could put a removed
     /// session back. Publishing under the stripe also puts a session's bus events in the
     /// order of its writes. Std mutexes: nothing awaits inside.
     stripes: Box<[Mutex<()>]>,
+    /// A create takes its user's stripe (before `write`), so that two at once cannot both
+    /// take the last of `max_sessions_per_user`. Nothing else takes these.
+    user_stripes: Box<[Mutex<()>]>,
 }
 
 impl Sessions {
@@ -48,7 +53,7 @@ impl Sessions {
         trees: Trees,
         bus: Arc<dyn Bus>,
         flusher: Flusher,
-        default_ttl_seconds: u64,
+        limits: SessionLimits,
     ) -> Sessions {
         let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(publisher(rx, bus, flusher.clone()));
@@ -58,8 +63,9 @@ impl Sessions {
                 write: Default::default(),
                 trees,
                 outgoing,
-                default_ttl_seconds,
+                limits,
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             }),
         }
     }
@@ -124,16 +130,46 @@ impl Inner {
         Ok(())
     }
 
-    fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError> {
+    /// How many live sessions `user` has, counting no further than `max_per_user`: the
+    /// index alone while it is under the cap; past it, expired ones the sweeper has not
+    /// removed yet do not count.
+    fn live_sessions(&self, user: &str) -> usize {
+        let ids = || {
+            self.trees
+                .sessions_by_user
+                .scan_prefix(keys::user_prefix(user))
+                .keys()
+                .flatten()
+        };
+        let max = self.limits.max_per_user;
+        let indexed = ids().take(max).count();
+        if indexed < max {
+            return indexed;
+        }
+        ids()
+            .filter(|k| {
+                std::str::from_utf8(&k[user.len() + 1..]).is_ok_and(|sid| self.get(sid).is_some())
+            })
+            .take(max)
+            .count()
+    }
+
+    fn create(&self, new: NewSession) -> Result<SessionRecord, SessionError> {
+        let data_json = self.limits.check_data(&new.data)?;
+        let _user = lock(&self.user_stripes[hash_str(&new.user_id) % STRIPES]);
+        let max = self.limits.max_per_user;
+        if self.live_sessions(&new.user_id) >= max {
+            return Err(SessionError::TooMany { max });
+        }
         let now = now_ms();
-        let ttl = new.ttl_seconds.unwrap_or(self.default_ttl_seconds);
+        let ttl = new.ttl_seconds.unwrap_or(self.limits.ttl_seconds);
         let s = SessionRecord {
             id: new_session_id(),
             user_id: new.user_id,
             created_at: now,
             expires_at: now.saturating_add((ttl as i64).saturating_mul(1000)),
             last_seen: now,
-            data_json: new.data.to_string(),
+            data_json,
             permissions: new.permissions,
             device_json: new.device.to_string(),
         };
@@ -156,7 +192,8 @@ impl Inner {
         if patch.data.is_some() {
             let mut current: Value = serde_json::from_str(&s.data_json).unwrap_or(json!({}));
             merge_patch(&mut current, &updates);
-            s.data_json = current.to_string();
+            // Checked on the merged data: a patch that removes keys makes room.
+            s.data_json = self.limits.check_data(&current)?;
         }
         if let Some(ttl) = patch.ttl_seconds {
             s.expires_at = now.saturating_add((ttl as i64).saturating_mul(1000));
@@ -187,6 +224,26 @@ impl Inner {
                 let sid = std::str::from_utf8(&k[user.len() + 1..]).ok()?.to_string();
                 self.get(&sid)
             })
+            .collect()
+    }
+
+    fn list_user_page(&self, user: &str, after: Option<&str>, limit: usize) -> Vec<SessionRecord> {
+        let prefix = keys::user_prefix(user);
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(keys::pair(user, a)),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        self.trees
+            .sessions_by_user
+            .range((start, std::ops::Bound::Unbounded))
+            .keys()
+            .flatten()
+            .take_while(|k| k.starts_with(&prefix))
+            .filter_map(|k| {
+                let sid = std::str::from_utf8(&k[prefix.len()..]).ok()?.to_string();
+                self.get(&sid)
+            })
+            .take(limit)
             .collect()
     }
 
@@ -238,7 +295,7 @@ impl Inner {
 
 #[async_trait]
 impl SessionStore for Sessions {
-    async fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError> {
+    async fn create(&self, new: NewSession) -> Result<SessionRecord, SessionError> {
         self.admit_write()?;
         let s = self.inner.create(new)?;
         self.commit().await?;
@@ -269,6 +326,15 @@ impl SessionStore for Sessions {
 
     async fn list_user(&self, user: &str) -> Result<Vec<SessionRecord>, StoreError> {
         Ok(self.inner.list_user(user))
+    }
+
+    async fn list_user_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.inner.list_user_page(user, after, limit))
     }
 
     async fn delete_user(&self, user: &str) -> Result<usize, StoreError> {

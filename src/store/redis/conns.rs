@@ -1,5 +1,9 @@
 //! [`ConnStore`] over Redis: each write one script over the user's keys (see `lua/`), each
 //! read one script or one command.
+//!
+//! It is over 600 lines because it is one trait of twenty-odd methods, each a short call of
+//! its script and the decoding of what the script answers; splitting it would scatter the
+//! one mapping between the trait and the scripts.
 
 use std::collections::HashMap;
 

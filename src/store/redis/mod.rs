@@ -83,6 +83,10 @@ pub struct RedisSettings {
     pub limits: Limits,
     pub event_log_max: usize,
     pub session_ttl_seconds: u64,
+    /// Largest session data, as JSON, after a merge (`session_max_bytes`).
+    pub session_max_bytes: usize,
+    /// Live sessions one user may have (`max_sessions_per_user`).
+    pub max_sessions_per_user: usize,
     /// The longest any Redis call may take before it counts as failed.
     pub command_timeout: Duration,
 }
@@ -294,7 +298,10 @@ impl Inner {
         inv.arg(&self.settings.prefix)
             .arg(now_ms())
             .arg(l.resume_grace_seconds.saturating_mul(1000))
-            .arg(l.replay_buffer_messages)
+            .arg(format!(
+                "{}:{}",
+                l.replay_buffer_messages, l.replay_buffer_bytes
+            ))
             .arg(&self.settings.node_id);
         for a in args {
             inv.arg(a.as_str());

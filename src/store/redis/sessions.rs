@@ -100,9 +100,17 @@ impl Inner {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn create(&self, new: NewSession) -> Result<SessionRecord, StoreError> {
+    async fn create(&self, new: NewSession) -> Result<SessionRecord, SessionError> {
         let inner = &self.inner;
         let now = now_ms();
+        let data_json = new.data.to_string();
+        let max = inner.settings.session_max_bytes;
+        if data_json.len() > max {
+            return Err(SessionError::TooLarge {
+                bytes: data_json.len(),
+                max,
+            });
+        }
         let ttl = new
             .ttl_seconds
             .unwrap_or(inner.settings.session_ttl_seconds);
@@ -112,12 +120,13 @@ impl SessionStore for RedisStore {
             created_at: now,
             expires_at: now.saturating_add((ttl.min(i64::MAX as u64) as i64).saturating_mul(1000)),
             last_seen: now,
-            data_json: new.data.to_string(),
+            data_json,
             permissions: new.permissions,
             device_json: new.device.to_string(),
         };
         let ev = BusEvent::SessionCreated(event(&s, Source::Http, None, &rfc3339(now)));
-        inner
+        let per_user = inner.settings.max_sessions_per_user;
+        let v = inner
             .run(
                 "creating a session",
                 &inner.scripts.session_write,
@@ -126,13 +135,16 @@ impl SessionStore for RedisStore {
                     s.id,
                     s.user_id,
                     record::session_fields(&s),
-                    "",
+                    per_user,
                     "session:created",
                     ev.payload(),
                 ],
             )
             .await?;
-        Ok(s)
+        match str_of(&v, "error") {
+            None => Ok(s),
+            Some(_) => Err(SessionError::TooMany { max: per_user }),
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -167,6 +179,13 @@ impl SessionStore for RedisStore {
                 let mut current: Value = serde_json::from_str(&s.data_json).unwrap_or(json!({}));
                 merge_patch(&mut current, &updates);
                 s.data_json = current.to_string();
+                let max = inner.settings.session_max_bytes;
+                if s.data_json.len() > max {
+                    return Err(SessionError::TooLarge {
+                        bytes: s.data_json.len(),
+                        max,
+                    });
+                }
             }
             if let Some(ttl) = patch.ttl_seconds {
                 s.expires_at =

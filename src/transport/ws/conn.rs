@@ -48,6 +48,27 @@ where
     handle.outbox.shut();
 }
 
+/// The close a client's read error calls for: RFC 6455 §7.1.7 has a broken frame fail the
+/// connection with 1002 (bad framing: an unmasked frame, reserved bits or opcodes, a control
+/// frame over 125 bytes or fragmented, a continuation with nothing to continue) or 1007
+/// (a text frame that is not UTF-8). None when the socket itself went away: that is a lost
+/// socket, not a violation.
+fn violation(e: &tungstenite::Error) -> Option<Disconnect> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(p) => Some(Disconnect::new(
+            CloseCode::ProtocolError,
+            &format!("protocol error: {p}"),
+        )),
+        tungstenite::Error::Utf8(_) => Some(Disconnect::new(
+            CloseCode::InvalidData,
+            "a text frame that is not UTF-8",
+        )),
+        _ => None,
+    }
+}
+
 /// Reads until the client's close frame (or the socket ends, or `CLOSE_WAIT` passes).
 async fn drain<S>(stream: &mut S)
 where
@@ -79,6 +100,7 @@ where
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 // max_message_bytes holds before authentication too (SPEC §3: 1009).
                 Some(Err(tungstenite::Error::Capacity(_))) => return Err(Disconnect::too_large()),
+                Some(Err(e)) => return violation(&e).map_or(Ok(None), Err),
                 _ => return Ok(None),
             }
         }
@@ -155,41 +177,57 @@ where
     }
 }
 
-/// The connection's working life: reader, writer and heartbeat, until it closes.
-pub async fn serve<S>(node: Arc<Node>, mut ws: S, handle: Arc<Handle>, attached: Attached)
+/// The connection's working life: reader, writer and heartbeat, until it closes. `keep` is
+/// held until the end (the node's count of running connection tasks).
+///
+/// A plain function around an `async move` block, so that its arguments are stored in the
+/// task once: an `async fn` keeps each argument twice (as the argument and as the local it
+/// becomes), and this future is what every idle connection keeps.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S, K>(
+    node: Arc<Node>,
+    mut ws: S,
+    handle: Arc<Handle>,
+    attached: Attached,
+    keep: K,
+) -> impl std::future::Future<Output = ()> + Send
 where
-    S: Stream<Item = WsResult> + Sink<Message> + Unpin,
+    S: Stream<Item = WsResult> + Sink<Message> + Unpin + Send,
+    K: Send,
 {
-    let conn = ConnTask::new(&node, &handle, &attached);
-    let end = tokio::select! {
-        end = conn.read(&mut ws) => end,
-        end = write(&handle) => end,
-        end = conn.heartbeat() => end,
-        () = overflowed(&handle) => End::Server(Disconnect::slow_consumer()),
-    };
-    let (fate, code) = match end {
-        End::ClientClosed(code) => {
-            // Sends the reply tungstenite queued when it read the client's close (a `send`
-            // of our own close would be refused in that state).
-            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
-            (Fate::Remove, code)
-        }
-        End::Dropped => (Fate::Detach, None),
-        End::Server(d) => {
-            if d.code == CloseCode::SlowConsumer {
-                // The backlog is stuck on a socket nobody reads: try once, briefly, to get the
-                // close out after it.
-                let _ = tokio::time::timeout(Duration::from_millis(500), handle.outbox.write_out())
-                    .await;
-            } else {
-                drain(&mut ws).await;
+    async move {
+        let conn = ConnTask::new(&node, &handle, &attached);
+        let end = tokio::select! {
+            end = conn.read(&mut ws) => end,
+            end = write(&handle) => end,
+            end = conn.heartbeat() => end,
+            () = overflowed(&handle) => End::Server(Disconnect::slow_consumer()),
+        };
+        let (fate, code) = match end {
+            End::ClientClosed(code) => {
+                // Sends the reply tungstenite queued when it read the client's close (a
+                // `send` of our own close would be refused in that state).
+                let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
+                (Fate::Remove, code)
             }
-            (d.fate(), Some(d.code.as_u16()))
-        }
-    };
-    handle.outbox.shut();
-    node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))
-        .await;
+            End::Dropped => (Fate::Detach, None),
+            End::Server(d) => {
+                if d.code == CloseCode::SlowConsumer {
+                    // The backlog is stuck on a socket nobody reads: try once, briefly, to
+                    // get the close out after it.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), handle.outbox.write_out())
+                            .await;
+                } else {
+                    drain(&mut ws).await;
+                }
+                (d.fate(), Some(d.code.as_u16()))
+            }
+        };
+        handle.outbox.shut();
+        Box::pin(node.finish(&attached.user, &handle, fate, code, Some(conn.activity()))).await;
+        drop(keep);
+    }
 }
 
 enum End {
@@ -284,7 +322,9 @@ impl<'a> ConnTask<'a> {
         self.last_seen.store(now, Relaxed);
         if now - self.last_touch.load(Relaxed) >= TOUCH_EVERY_MS {
             self.last_touch.store(now, Relaxed);
-            self.node.touch(&self.handle.id(), self.activity()).await;
+            // Boxed: awaited futures are part of the connection task's state for its whole
+            // life, and a rare one should cost a pointer there, not its full size.
+            Box::pin(self.node.touch(&self.handle.id(), self.activity())).await;
         }
     }
 
@@ -345,7 +385,15 @@ impl<'a> ConnTask<'a> {
                     self.close(Disconnect::too_large());
                     return std::future::pending().await;
                 }
-                Some(Err(_)) => return End::Dropped,
+                Some(Err(e)) => match violation(&e) {
+                    // The writer sends the close; nothing more is read from a broken stream.
+                    Some(d) => {
+                        Metrics::inc(&self.node.metrics.bad_frames);
+                        self.close(d);
+                        return std::future::pending().await;
+                    }
+                    None => return End::Dropped,
+                },
                 Some(Ok(m)) => m,
             };
             let now = now_ms();
@@ -360,7 +408,9 @@ impl<'a> ConnTask<'a> {
             match msg {
                 Message::Text(text) => {
                     Metrics::inc(&self.node.metrics.frames_in);
-                    self.on_text(now, &text).await;
+                    // Boxed for the same reason as in `seen`: a frame's handling (a session
+                    // update, a refresh) is the largest state the task would otherwise keep.
+                    Box::pin(self.on_text(now, &text)).await;
                 }
                 Message::Binary(_) => {
                     Metrics::inc(&self.node.metrics.frames_in);
@@ -439,209 +489,6 @@ impl<'a> ConnTask<'a> {
     }
 }
 
-/// The connection loop in process, without a socket: a channel of client messages in, the
-/// frames the outbox writes recorded out, over a real node and store.
 #[cfg(test)]
-mod tests {
-    use std::io::IoSlice;
-    use std::pin::Pin;
-    use std::sync::Mutex;
-    use std::task::{Context, Poll};
-
-    use serde_json::{json, Value};
-    use tokio::sync::mpsc;
-    use uuid::Uuid;
-
-    use super::*;
-    use crate::hub::{Head, Out, Outbox, Transport};
-    use crate::model::ConnType;
-
-    /// Records each frame the outbox writes; a text frame's payload is its JSON.
-    struct Recorder(Arc<Mutex<Vec<String>>>);
-
-    impl Transport for Recorder {
-        fn kind(&self) -> ConnType {
-            ConnType::WebSocket
-        }
-        fn frame(&self, out: &Out<'_>, _: &Uuid, head: &mut Head) -> &'static [u8] {
-            use std::io::Write;
-            match out {
-                Out::Ping => {
-                    let _ = head.write_all(b"<ping>");
-                }
-                Out::Close { code, .. } => {
-                    let _ = write!(head, "<close {code}>");
-                }
-                _ => {}
-            }
-            &[]
-        }
-        fn try_write(&mut self, parts: &[IoSlice<'_>]) -> std::io::Result<usize> {
-            let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-            self.0
-                .lock()
-                .unwrap()
-                .push(String::from_utf8(bytes.clone()).unwrap());
-            Ok(bytes.len())
-        }
-        fn poll_write_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn shut(&mut self) {}
-    }
-
-    /// A client socket made of a channel: what the test sends is what the loop reads.
-    struct Socket(mpsc::UnboundedReceiver<WsResult>);
-
-    impl Stream for Socket {
-        type Item = WsResult;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsResult>> {
-            self.0.poll_recv(cx)
-        }
-    }
-
-    impl Sink<Message> for Socket {
-        type Error = tungstenite::Error;
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
-            Ok(())
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    const SECRET: &str = "an in-process test secret of 32+ bytes";
-
-    async fn node(dir: &std::path::Path) -> Arc<Node> {
-        let config = crate::config::Config {
-            data_dir: dir.to_path_buf(),
-            jwt_secret: Some(SECRET.into()),
-            admin_api_key: Some(format!("tk_{}", "a".repeat(40))),
-            ..Default::default()
-        };
-        let bus: Arc<dyn crate::bus::Bus> = Arc::new(crate::bus::MemoryBus::new(64));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let lock = crate::store::lock_data_dir(dir).unwrap();
-        let store = crate::store::EmbeddedStore::open(
-            &config,
-            lock,
-            bus.clone(),
-            metrics.clone(),
-            "n1".into(),
-        )
-        .unwrap();
-        let auth = crate::auth::Authenticator::new(config.auth_settings()).unwrap();
-        let node = Arc::new(Node::new(
-            config,
-            auth,
-            store.stores(),
-            bus,
-            metrics,
-            "n1".into(),
-        ));
-        node.recover().await.unwrap();
-        node.set_ready(true);
-        node
-    }
-
-    fn frames(log: &Mutex<Vec<String>>) -> Vec<Value> {
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter_map(|f| serde_json::from_str(f).ok())
-            .collect()
-    }
-
-    async fn until(log: &Mutex<Vec<String>>, what: impl Fn(&[String]) -> bool) {
-        for _ in 0..500 {
-            if what(&log.lock().unwrap()) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("never happened; frames: {:?}", log.lock().unwrap());
-    }
-
-    #[tokio::test]
-    async fn first_frame_auth_then_frames_answered_then_abuse_closed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let node = node(&tmp.path().join("data")).await;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let handle = Handle::new(
-            Outbox::new(
-                Box::new(Recorder(log.clone())),
-                1 << 20,
-                node.metrics.clone(),
-            ),
-            120,
-        );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut socket = Socket(rx);
-        let now = crate::time::now_ms() / 1000;
-        let token = crate::auth::mint(
-            SECRET.as_bytes(),
-            crate::config::JwtAlgorithm::HS256,
-            &json!({"sub": "ana", "exp": now + 60}),
-        )
-        .unwrap();
-        let send = |v: Value| tx.send(Ok(Message::text(v.to_string()))).unwrap();
-        send(json!({"type": "auth", "token": token}));
-        let attached = establish(&node, &mut socket, &handle, Handshake::default(), None)
-            .await
-            .expect("authenticated by its first frame");
-        let welcome = &frames(&log)[0];
-        assert_eq!(welcome["type"], "welcome");
-        assert_eq!(welcome["userId"], "ana");
-        assert_eq!(welcome["connectionId"], attached.id.to_string());
-
-        let task = tokio::spawn(serve(
-            node.clone(),
-            socket,
-            handle.clone(),
-            attached.clone(),
-        ));
-        tx.send(Ok(Message::text(
-            r#"{"type":"ping","id":1180591620717411303424}"#,
-        )))
-        .unwrap();
-        send(json!({"type": "session.update", "id": "u1", "updates": {"a": 1}}));
-        until(&log, |f| f.len() >= 3).await;
-        assert_eq!(
-            log.lock().unwrap()[1],
-            r#"{"type":"pong","id":1180591620717411303424}"#,
-            "the id comes back exactly as sent"
-        );
-        let err = &frames(&log)[2];
-        assert_eq!(err["code"], "no_session");
-        assert_eq!(err["id"], "u1");
-
-        // A message through the node reaches this socket with the next seq.
-        let d = node.send_to_user("ana", "{\"n\":1}").await.unwrap();
-        assert_eq!((d.delivered, d.seq), (1, 1));
-        until(&log, |f| {
-            f.iter().any(|x| x.contains("\"type\":\"message\""))
-        })
-        .await;
-
-        // Eleven bad frames in a minute: 4509, and the connection is removed.
-        for _ in 0..11 {
-            tx.send(Ok(Message::text("not json"))).unwrap();
-        }
-        until(&log, |f| f.iter().any(|x| x == "<close 4509>")).await;
-        drop(tx);
-        task.await.unwrap();
-        let bad = frames(&log)
-            .iter()
-            .filter(|f| f["code"] == "bad_frame")
-            .count();
-        assert_eq!(bad, 10);
-        assert!(node.connection(&attached.id).await.is_none(), "removed");
-        assert!(node.hub.is_empty());
-    }
-}
+#[path = "conn_tests.rs"]
+mod tests;

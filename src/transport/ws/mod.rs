@@ -76,6 +76,13 @@ impl AsyncWrite for Duplex {
 /// growing for it. 1 KiB instead of 4 KiB measured 3 KiB less RSS per idle connection.
 const READ_BUFFER: usize = 1024;
 
+fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|nonce| nonce.len() == 16)
+}
+
 /// Answers `GET /ws`: validates the upgrade request, replies 101 and spawns the connection
 /// task; anything else gets a plain JSON error, never a hang.
 pub async fn handle<B>(
@@ -94,6 +101,13 @@ pub async fn handle<B>(
         r.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
         return Ok(r);
+    }
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+    if req.version() < warp::http::Version::HTTP_11 {
+        return error(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs HTTP/1.1 or later",
+        );
     }
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
@@ -124,12 +138,17 @@ pub async fn handle<B>(
         );
         return Ok(r);
     }
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()))
-    else {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return error(ErrorCode::BadRequest, "missing Sec-WebSocket-Key");
     };
+    // RFC 6455 §4.1: a nonce of 16 random bytes, base64-encoded (24 characters).
+    if !is_websocket_key(key.as_bytes()) {
+        return error(
+            ErrorCode::BadRequest,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        );
+    }
+    let key = derive_accept_key(key.as_bytes());
     if !node.is_ready() {
         return error(ErrorCode::Unavailable, "starting up; retry shortly");
     }
@@ -188,10 +207,7 @@ pub async fn handle<B>(
         )
         .await;
         if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs, pending).await {
-            tokio::spawn(async move {
-                conn::serve(node, ws, handle, attached).await;
-                drop(guard);
-            });
+            tokio::spawn(conn::serve(node, ws, handle, attached, guard));
         }
     });
 

@@ -1,13 +1,12 @@
 //! Admission: a connection registered, resumed, made Active, and its end.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use uuid::Uuid;
 
 use super::store::apply_activity;
-use super::{Entry, Inner, ResumeRefusal, Shard};
+use super::{Entry, Inner, ResumeRefusal, Ring, Shard};
 use crate::auth::{ct_eq, new_token, sha256};
 use crate::model::{ConnRecord, ConnState, EventType, StoredUser};
 use crate::protocol::{Disconnect, Fate};
@@ -161,7 +160,7 @@ impl Inner {
             &mut shard,
             Entry {
                 rec,
-                ring: VecDeque::new(),
+                ring: Ring::default(),
             },
             true,
         );
@@ -245,7 +244,7 @@ impl Inner {
             return Err(ResumeRefusal::Cannot("connection is still being set up"));
         }
         let seq = old.rec.seq;
-        let first_kept = old.ring.front().map(|(s, _)| *s).unwrap_or(seq + 1);
+        let first_kept = old.ring.first().unwrap_or(seq + 1);
         let (after, lost) = match req.last_seq {
             None => (old.rec.acked.max(first_kept - 1), None),
             Some(last) => {
@@ -276,12 +275,7 @@ impl Inner {
                 EventType::Connected,
                 json!({"connectionType": entry.rec.meta.connection_type.as_str()}),
             );
-            let replay = entry
-                .ring
-                .iter()
-                .filter(|(seq, _)| *seq > replay_after)
-                .map(|(seq, d)| (*seq, d.template.render(*seq)))
-                .collect();
+            let replay = entry.ring.after(replay_after);
             Activation {
                 record: entry.rec.clone(),
                 replay,

@@ -36,7 +36,6 @@ impl Inner {
         template: FrameTemplate,
         sockets: Sockets<'_>,
     ) -> Result<Delivery, StoreError> {
-        let max = self.limits.replay_buffer_messages as usize;
         // Made at the first connection found: a delivery to nobody stores nothing and
         // leaves no id for the sweeper to clear.
         let mut template = Some(template);
@@ -52,7 +51,7 @@ impl Inner {
                 .get_or_insert_with(|| self.new_delivery(template.take().expect("made once")));
             entry.rec.seq += 1;
             let seq = entry.rec.seq;
-            entry.keep(seq, d.clone(), max);
+            entry.ring.keep(seq, d.clone(), &self.limits);
             targets.push((*entry.rec.replay_key.as_bytes(), seq));
             if entry.live() {
                 live.push(Assignment { id: *id, seq });

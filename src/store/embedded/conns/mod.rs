@@ -48,23 +48,64 @@ const SHARDS: usize = 64;
 
 struct Entry {
     rec: ConnRecord,
-    /// The replay buffer: the frames kept for a resume, oldest first, at most
-    /// `replay_buffer_messages`. Each is shared with every other connection the same
-    /// delivery went to; the store holds one record per delivery (see [`Delivered`]).
-    ring: VecDeque<(u64, Arc<Delivered>)>,
+    ring: Ring,
 }
 
 impl Entry {
-    /// Keeps `delivered` as `seq` in the replay buffer, dropping the oldest past `max`.
-    fn keep(&mut self, seq: u64, delivered: Arc<Delivered>, max: usize) {
-        self.ring.push_back((seq, delivered));
-        while self.ring.len() > max {
-            self.ring.pop_front();
+    fn live(&self) -> bool {
+        self.rec.state != ConnState::Detached
+    }
+}
+
+/// A connection's replay buffer: the frames kept for a resume, oldest first, at most
+/// `replay_buffer_messages` of them and `replay_buffer_bytes` of frames as the resume would
+/// send them (the newest is kept whatever its size, so a message just accepted survives
+/// until the next one). Each frame is shared with every other connection the same delivery
+/// went to; the store holds one record per delivery (see [`Delivered`]).
+#[derive(Default)]
+struct Ring {
+    frames: VecDeque<(u64, Arc<Delivered>)>,
+    /// The rendered length of `frames`.
+    bytes: usize,
+}
+
+impl Ring {
+    /// Keeps `delivered` as `seq`, dropping the oldest past the limits.
+    fn keep(&mut self, seq: u64, delivered: Arc<Delivered>, limits: &Limits) {
+        self.bytes += delivered.template.rendered_len(seq);
+        self.frames.push_back((seq, delivered));
+        while self.frames.len() > limits.replay_buffer_messages as usize
+            || (self.bytes > limits.replay_buffer_bytes && self.frames.len() > 1)
+        {
+            self.pop_front();
         }
     }
 
-    fn live(&self) -> bool {
-        self.rec.state != ConnState::Detached
+    /// Drops the frames up to `seq` (the client has them).
+    fn drop_through(&mut self, seq: u64) {
+        while self.frames.front().is_some_and(|(s, _)| *s <= seq) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((seq, d)) = self.frames.pop_front() {
+            self.bytes -= d.template.rendered_len(seq);
+        }
+    }
+
+    /// The oldest seq kept.
+    fn first(&self) -> Option<u64> {
+        self.frames.front().map(|(s, _)| *s)
+    }
+
+    /// The kept frames after `seq`, rendered, in order.
+    fn after(&self, seq: u64) -> Vec<(u64, String)> {
+        self.frames
+            .iter()
+            .filter(|(s, _)| *s > seq)
+            .map(|(s, d)| (*s, d.template.render(*s)))
+            .collect()
     }
 }
 

@@ -265,9 +265,7 @@ impl ConnStore for Conns {
                 return;
             }
             entry.rec.acked = upto;
-            while entry.ring.front().is_some_and(|(s, _)| *s <= upto) {
-                entry.ring.pop_front();
-            }
+            entry.ring.drop_through(upto);
             // The deliveries let go here are what recovery reads `seq` back from; the record
             // keeps it instead, so a restart never hands out a seq the client already has.
             inner.persist(&entry.rec, Some(entry.rec.expires_at));
@@ -278,13 +276,7 @@ impl ConnStore for Conns {
     async fn replay(&self, id: &Uuid, after: u64) -> Result<Vec<(u64, String)>, StoreError> {
         Ok(self
             .inner
-            .with_entry(id, |e| {
-                e.ring
-                    .iter()
-                    .filter(|(seq, _)| *seq > after)
-                    .map(|(seq, d)| (*seq, d.template.render(*seq)))
-                    .collect()
-            })
+            .with_entry(id, |e| e.ring.after(after))
             .unwrap_or_default())
     }
 

@@ -1,16 +1,16 @@
 //! Upkeep: expiry, start-up recovery, and the figures of `/v1/health`, `/v1/stats` and
 //! `/metrics`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Delivered, Entry, Inner};
+use super::{Delivered, Entry, Inner, Ring};
 use crate::codec;
-use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery};
+use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery, MAX_SEQ};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
 use crate::store::embedded::trees::keys;
 use crate::store::{Counts, RecoveryReport, StoreError, Sweep};
@@ -63,10 +63,13 @@ impl Inner {
         self.trees.conns_by_expiry.clear()?;
         for item in self.trees.conns.iter() {
             let (k, v) = item?;
-            let mut rec: ConnRecord = match codec::decode(&v) {
+            let decoded = codec::decode::<ConnRecord>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.check().map(|()| r));
+            let mut rec = match decoded {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(key = ?k, error = %e, "skipping a stored connection that does not decode; it is left in the store untouched");
+                    tracing::error!(key = ?k, error = %e, "skipping a stored connection that does not decode or holds what tether never writes; it is left in the store untouched");
                     report.unreadable += 1;
                     continue;
                 }
@@ -89,7 +92,7 @@ impl Inner {
                 &mut shard,
                 Entry {
                     rec,
-                    ring: VecDeque::new(),
+                    ring: Ring::default(),
                 },
                 false,
             );
@@ -110,18 +113,28 @@ impl Inner {
                 by_key.insert(e.rec.replay_key, *id);
             }
         }
-        let max = self.limits.replay_buffer_messages as usize;
         let mut last = 0;
         for item in self.trees.deliveries.iter() {
             let (k, v) = item?;
             let Some(id) = k.as_ref().try_into().ok().map(u64::from_be_bytes) else {
                 continue;
             };
+            if id > MAX_SEQ {
+                // Ids are numbered on from the last one: a damaged one must not set them.
+                tracing::error!(
+                    delivery = id,
+                    "skipping a stored delivery numbered past 2^53; it is left in the store"
+                );
+                continue;
+            }
             last = id;
-            let stored: StoredDelivery = match codec::decode(&v) {
+            let decoded = codec::decode::<StoredDelivery>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.check().map(|()| d));
+            let stored = match decoded {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(delivery = id, error = %e, "skipping a stored delivery that does not decode; it is left in the store");
+                    tracing::error!(delivery = id, error = %e, "skipping a stored delivery that does not decode or holds what tether never writes; it is left in the store");
                     continue;
                 }
             };
@@ -148,7 +161,7 @@ impl Inner {
                 self.with_entry(conn, |e| {
                     e.rec.seq = e.rec.seq.max(seq);
                     if seq > e.rec.acked {
-                        e.keep(seq, delivered.clone(), max);
+                        e.ring.keep(seq, delivered.clone(), &self.limits);
                     }
                 });
             }

@@ -16,7 +16,7 @@ local n = 0
 while true do
   local first = redis.call('LINDEX', rl, 0)
   if not first or entry_seq(first) > upto then break end
-  redis.call('LPOP', rl)
+  replay_pop(rl)
   n = n + 1
 end
 return n

@@ -2,7 +2,7 @@
 -- counters that /v1/health, /v1/stats and max_total read.
 --
 -- ARGV[1] key prefix, ARGV[2] the caller's clock (ms; unused, see NOW), ARGV[3] resume grace
--- (ms), ARGV[4] replay buffer length, ARGV[5] the calling node. A script's own arguments
+-- (ms), ARGV[4] replay buffer bounds (`<frames>:<bytes>`), ARGV[5] the calling node. A script's own arguments
 -- start at ARGV[6].
 --
 -- A connection record is a HASH of strings: id, user, uj (the user as JSON), sid (session or
@@ -19,7 +19,9 @@ local P = ARGV[1]
 local TIME = redis.call('TIME')
 local NOW = tonumber(TIME[1]) * 1000 + math.floor(tonumber(TIME[2]) / 1000)
 local GRACE = tonumber(ARGV[3])
-local REPLAY = tonumber(ARGV[4])
+local REPLAY_FRAMES, REPLAY_BYTES = string.match(ARGV[4], '^(%d+):(%d+)$')
+local REPLAY = tonumber(REPLAY_FRAMES)
+REPLAY_BYTES = tonumber(REPLAY_BYTES)
 local NODE = ARGV[5]
 
 -- Integers as Redis arguments: Lua's own number formatting would switch to exponents.
@@ -31,6 +33,17 @@ local function utag(user) return P .. ':{u:' .. user .. '}' end
 local function conns_key(user) return utag(user) .. ':conns' end
 local function conn_key(user, id) return utag(user) .. ':c:' .. id end
 local function replay_key(user, rk) return utag(user) .. ':r:' .. rk end
+-- The bytes a replay list holds, for `replay_buffer_bytes`: each entry counts as the frame it
+-- renders (`{"type":"<kind>","seq":<seq>,<rest>`, 16 bytes more than `<seq>|<kind>|<rest>`).
+local function replay_bytes_key(rl) return rl .. ':b' end
+local function frame_len(e) return #e + 16 end
+
+-- Drops a replay list's oldest entry, and its bytes from the count.
+local function replay_pop(rl)
+  local e = redis.call('LPOP', rl)
+  if e then redis.call('DECRBY', replay_bytes_key(rl), frame_len(e)) end
+  return e
+end
 local function session_conns_key(user, sid) return utag(user) .. ':sc:' .. sid end
 local function user_counts_key(user) return utag(user) .. ':n' end
 local function locator_key(id) return P .. ':cid:' .. id end
@@ -171,7 +184,7 @@ end
 -- Removes a connection for good: record, indexes, replay list, counters.
 local function remove_conn(user, rec)
   unindex(user, rec)
-  redis.call('DEL', replay_key(user, rec.rk))
+  redis.call('DEL', replay_key(user, rec.rk), replay_bytes_key(replay_key(user, rec.rk)))
   account(rec, nil)
   forget_user_if_empty(user)
 end
@@ -205,10 +218,19 @@ local function deliver(user, ids, kind, rest, tail)
       local seq = redis.call('HINCRBY', key, 'seq', 1)
       local rl = replay_key(user, f[3])
       if REPLAY > 0 then
-        redis.call('RPUSH', rl, int(seq) .. '|' .. kind .. '|' .. rest)
-        redis.call('LTRIM', rl, -REPLAY, -1)
+        local entry = int(seq) .. '|' .. kind .. '|' .. rest
+        redis.call('RPUSH', rl, entry)
+        local bytes = redis.call('INCRBY', replay_bytes_key(rl), frame_len(entry))
+        -- Oldest first, past either bound; the newest is always kept.
+        local len = redis.call('LLEN', rl)
+        while len > 1 and (len > REPLAY or bytes > REPLAY_BYTES) do
+          local e = replay_pop(rl)
+          if not e then break end
+          bytes = bytes - frame_len(e)
+          len = len - 1
+        end
       else
-        redis.call('DEL', rl)
+        redis.call('DEL', rl, replay_bytes_key(rl))
       end
       stored = stored + 1
       last = seq

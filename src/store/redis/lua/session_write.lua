@@ -2,7 +2,8 @@
 -- `session.updated` to the session's connections but the origin, all in one step.
 --
 -- ARGV[6] mode (create | update), [7] session id, [8] user, [9] fields to set (JSON object
--- of strings), [10] for an update the version it was read at, [11] the channel (after the
+-- of strings), [10] for an update the version it was read at (for a create, the most live
+-- sessions the user may have), [11] the channel (after the
 -- prefix), [12] the event's JSON; for an update also [13] the connection to leave out,
 -- [14] frame kind, [15] frame rest, [16] the Deliver command's JSON after its assignments.
 local mode = ARGV[6]
@@ -13,6 +14,10 @@ local key = utag(user) .. ':s:' .. sid
 
 local s
 if mode == 'create' then
+  -- ARGV[10]: max_sessions_per_user (sessions expired but not yet swept still count).
+  if redis.call('SCARD', utag(user) .. ':sessions') >= tonumber(ARGV[10]) then
+    return '{"error":"too_many"}'
+  end
   s = {id = sid, user = user, v = '0'}
 else
   if redis.call('GET', P .. ':sid:' .. sid) ~= user then return '{"error":"unknown"}' end
