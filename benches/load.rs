@@ -1,7 +1,7 @@
 //! Load generator for tether (a bench target with `harness = false`).
 //!
 //! ```text
-//! cargo bench --bench load -- <connect|churn|fanout|session-sync|reattach|selftest> [OPTIONS]
+//! cargo bench --bench load -- <connect|churn|fanout|session-sync|reattach|node-kill|selftest> [OPTIONS]
 //! cargo bench --bench load -- --help
 //! ```
 //!
@@ -11,7 +11,9 @@
 //! connections it re-executes itself as worker processes, each binding its own
 //! source address (127.0.0.2, 127.0.0.3, ...), and merges their HDR
 //! histograms. Everything talks to loopback only and every wait has a
-//! deadline. Modules live in `benches/load/`.
+//! deadline. With `--cluster N` it starts one `redis-server` and N tether nodes over it
+//! instead, spreads the connections and API calls over the nodes round-robin, and stops
+//! them all at the end. Modules live in `benches/load/`.
 //!
 //! `--floor` drives the floor server of `benches/floor/` instead (the cheapest this machine
 //! can do the same work), and `--vs-floor` runs tether and then the floor and reports their
@@ -22,6 +24,8 @@
 //! with the test harness (auto-discovered without that entry), `main` is
 //! unused, which must not fail `clippy -D warnings`.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
+// node-kill's figures are one `json!` object of some 50 fields.
+#![recursion_limit = "256"]
 
 #[path = "load/cli.rs"]
 mod cli;
@@ -31,6 +35,10 @@ mod conn;
 mod fleet;
 #[path = "floor/mod.rs"]
 mod floor;
+#[path = "load/kill.rs"]
+mod kill;
+#[path = "load/redis_server.rs"]
+mod redis_server;
 #[path = "load/scenarios.rs"]
 mod scenarios;
 #[path = "load/selftest.rs"]
@@ -39,6 +47,8 @@ mod selftest;
 mod server;
 #[path = "load/svg.rs"]
 mod svg;
+#[path = "load/target.rs"]
+mod target;
 #[path = "load/util.rs"]
 mod util;
 #[path = "load/versus.rs"]
@@ -103,6 +113,7 @@ async fn run(cli: Cli, out: &Out) -> util::R<serde_json::Value> {
         }
         Scenario::SessionSync(a) => scenarios::session_sync(g, a, out).await,
         Scenario::Reattach(a) => scenarios::reattach(g, a, out).await,
+        Scenario::NodeKill(a) => kill::node_kill(g, a, out).await,
         Scenario::Selftest(a) => selftest::run(a.n).await,
     }
 }

@@ -22,7 +22,9 @@ use std::path::PathBuf;
         cargo bench --bench load -- fanout --users 1 --per-user 10000 --messages 50\n  \
         cargo bench --bench load -- session-sync --others 1000 --updates 1000\n  \
         cargo bench --bench load -- reattach --n 5000 --kill9\n  \
-        cargo bench --bench load -- connect --n 1000 --durability sync --json"
+        cargo bench --bench load -- connect --n 1000 --durability sync --json\n  \
+        cargo bench --bench load -- connect --n 10000 --rate 10000 --cluster 2 --vs-embedded\n  \
+        cargo bench --bench load -- node-kill --cluster 2 --n 10000"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -57,6 +59,10 @@ pub enum Scenario {
     /// Restart the server under N connections; time until all are resumed and
     /// missed messages recovered.
     Reattach(ReattachArgs),
+    /// Cluster mode: kill -9 one node under its connections while messages flow;
+    /// time from its lease's end until its clients have resumed on the others, and
+    /// every message each client was sent checked (missed, duplicated, out of order).
+    NodeKill(NodeKillArgs),
     /// Check the generator itself against a tiny in-process WebSocket server
     /// (no tether needed).
     Selftest(SelftestArgs),
@@ -127,12 +133,47 @@ pub struct Global {
     /// Worker w binds source address 127.0.0.(N + w).
     #[arg(long, global = true, default_value_t = 2)]
     pub first_src_octet: u8,
+    /// At most this many connects waiting for their welcome at once, per load process
+    /// (0: no limit): opening goes as fast as the server admits, up to the rate.
+    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
+    pub max_connecting: usize,
     /// Lifetime (exp - iat) of the JWTs the generator mints.
     #[arg(long, global = true, default_value_t = 3600)]
     pub token_ttl_secs: u64,
     /// Deadline for the whole run.
     #[arg(long, global = true, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// Cluster mode: start one redis-server on a free port and N tether nodes over it
+    /// (shared secrets); connections are spread over the nodes round-robin, and so are
+    /// API calls.
+    #[arg(long, global = true, value_name = "N")]
+    pub cluster: Option<usize>,
+    /// Cluster mode: the Redis server binary.
+    #[arg(
+        long,
+        global = true,
+        default_value = "redis-server",
+        value_name = "PATH"
+    )]
+    pub redis_server: PathBuf,
+    /// Cluster mode: Redis persistence: `everysec`, `always` or `no` (appendonly yes with
+    /// that appendfsync), or `off` (no AOF, no snapshots).
+    #[arg(long, global = true, default_value = "everysec", value_name = "MODE")]
+    pub redis_aof: String,
+    /// Cluster mode: one more raw argument for redis-server (repeat for more).
+    #[arg(
+        long = "redis-arg",
+        global = true,
+        allow_hyphen_values = true,
+        value_name = "ARG"
+    )]
+    pub redis_args: Vec<String>,
+    /// Cluster mode: the nodes' --node-heartbeat-ms (node-kill: 200 unless given).
+    #[arg(long, global = true, value_name = "MS")]
+    pub node_heartbeat_ms: Option<u64>,
+    /// Cluster mode: the nodes' --node-lease-ms (node-kill: 1000 unless given).
+    #[arg(long, global = true, value_name = "MS")]
+    pub node_lease_ms: Option<u64>,
     /// connect, fanout: drive the floor server (benches/floor) instead of tether: spawned
     /// (this generator re-executed as `serve`), or the one at --url.
     #[arg(long, global = true)]
@@ -165,6 +206,13 @@ pub struct ConnectArgs {
     pub settle_ms: u64,
     #[arg(long, default_value = "u")]
     pub user_prefix: String,
+    /// After the clean closes, how long activeConnections may take to come back.
+    #[arg(long, default_value_t = 15)]
+    pub close_settle_secs: u64,
+    /// With --cluster: first run the same connect against one embedded server, then
+    /// against the cluster, and report both and their ratios.
+    #[arg(long)]
+    pub vs_embedded: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -273,6 +321,55 @@ pub struct ReattachArgs {
     #[arg(long, default_value_t = 10)]
     pub replay_timeout_secs: u64,
     #[arg(long, default_value = "re")]
+    pub user_prefix: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeKillArgs {
+    /// Connections in all, spread over the nodes round-robin.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Connections per user (consecutive connections: a user's are on every node).
+    #[arg(long, default_value_t = 10)]
+    pub per_user: usize,
+    /// Connects per second while opening.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// The node killed (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub kill_node: usize,
+    /// Pause between rounds of messages (a round is one message to every user).
+    #[arg(long, default_value_t = 200)]
+    pub interval_ms: u64,
+    /// API calls in flight at once while sending a round.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Rounds of messages before the kill.
+    #[arg(long, default_value_t = 3)]
+    pub rounds_before: usize,
+    /// Rounds of messages after every client is back.
+    #[arg(long, default_value_t = 3)]
+    pub rounds_after: usize,
+    /// When the clients of the killed node resume: `lease` (at the end of its lease),
+    /// `detached` (once another node has detached its connections), or `drop` (as soon
+    /// as their sockets drop, as clients of a crashed process would).
+    #[arg(long, default_value = "lease", value_parser = ["lease", "detached", "drop"])]
+    pub resume_at: String,
+    /// Resume with last_seq = the welcome's seq instead of the highest seq received
+    /// (every message since the connect is then replayed, and counted as a duplicate).
+    #[arg(long)]
+    pub resume_from_welcome: bool,
+    /// Leave this many of the killed node's clients away (they never resume), to see
+    /// that what they miss is reported.
+    #[arg(long, default_value_t = 0)]
+    pub leave_away: usize,
+    /// Deadline for every client of the killed node to be back.
+    #[arg(long, default_value_t = 60)]
+    pub resume_timeout_secs: u64,
+    /// Deadline for the last messages to arrive.
+    #[arg(long, default_value_t = 30)]
+    pub deliver_timeout_secs: u64,
+    #[arg(long, default_value = "kill")]
     pub user_prefix: String,
 }
 

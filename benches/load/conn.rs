@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,10 +39,12 @@ pub enum Cmd {
     Hold,
     /// Clean close (1000) of every connection; tasks end.
     Close,
-    /// Connections whose socket is gone reconnect with resume parameters.
+    /// Connections whose socket is gone reconnect with resume parameters, connection i
+    /// to `addrs[i % len]`; those named in `skip` stay away.
     Resume {
         gen: u32,
-        addr: SocketAddr,
+        addrs: Arc<Vec<SocketAddr>>,
+        skip: Arc<Vec<usize>>,
         at_ns: u64,
     },
 }
@@ -59,13 +61,77 @@ pub struct ConnSpec {
 /// Settings shared by every connection of a pool.
 #[derive(Clone, Debug)]
 pub struct ConnParams {
-    pub addr: SocketAddr,
+    /// Connection i goes to `addrs[i % len]` (the nodes of a cluster, round-robin).
+    pub addrs: Vec<SocketAddr>,
     /// Source address to bind before connecting (workers use 127.0.0.2, ...).
     pub bind_ip: Option<IpAddr>,
     /// Deadline for TCP connect + upgrade + welcome.
     pub connect_timeout: Duration,
     /// On resume, send the highest seq received as last_seq (else the welcome's).
     pub resume_from_received: bool,
+    /// Keep each connection's [`OrderLog`] (node-kill checks every message it was sent).
+    pub track_order: bool,
+    /// At most this many first connects waiting for their welcome at once (0: no limit):
+    /// opening then goes as fast as the server admits, whatever the rate.
+    pub max_connecting: usize,
+}
+
+impl ConnParams {
+    /// One server, no order logs.
+    pub fn to(addr: SocketAddr, connect_timeout: Duration) -> ConnParams {
+        ConnParams {
+            addrs: vec![addr],
+            bind_ip: None,
+            connect_timeout,
+            resume_from_received: false,
+            track_order: false,
+            max_connecting: 0,
+        }
+    }
+
+    pub fn addr_of(&self, idx: usize) -> SocketAddr {
+        self.addrs[idx % self.addrs.len().max(1)]
+    }
+}
+
+/// What one connection received of the messages that carry a number `data.n`, in order of
+/// arrival, across its resumes; and whether the `seq` of its frames ever skipped or went back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct OrderLog {
+    pub idx: usize,
+    pub ns: Vec<u32>,
+    /// Frames whose seq was more than one past the last (sum of the seqs skipped).
+    pub seq_skipped: u64,
+    /// Frames whose seq was not above the last.
+    pub seq_repeated: u64,
+    /// Whether the connection was resumed (at least once).
+    pub resumed: bool,
+    last_seq: u64,
+}
+
+impl OrderLog {
+    fn seq(&mut self, seq: u64) {
+        if seq <= self.last_seq {
+            self.seq_repeated += 1;
+        } else {
+            self.seq_skipped += seq - self.last_seq - 1;
+            self.last_seq = seq;
+        }
+    }
+}
+
+/// Hands a connection's log to the pool when its task ends, however it ends.
+struct OrderSink {
+    stats: Arc<Stats>,
+    log: Option<OrderLog>,
+}
+
+impl Drop for OrderSink {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            self.stats.orders.lock().unwrap().push(l);
+        }
+    }
 }
 
 /// A frame handed to a scenario that watches frames itself (session-sync).
@@ -158,6 +224,8 @@ pub struct WireReport {
     pub resume: String,
     pub resume_tcp: String,
     pub errors: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub orders: Vec<OrderLog>,
 }
 
 /// Merged measurements.
@@ -174,6 +242,8 @@ pub struct Report {
     /// TCP connect alone of the resuming connections, microseconds.
     pub resume_tcp: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
+    /// The logs of connections whose task has ended (with `track_order`).
+    pub orders: Vec<OrderLog>,
 }
 
 impl Report {
@@ -186,6 +256,7 @@ impl Report {
             resume: util::new_hist(),
             resume_tcp: util::new_hist(),
             errors: BTreeMap::new(),
+            orders: Vec::new(),
         }
     }
 
@@ -204,6 +275,7 @@ impl Report {
         for (k, v) in &w.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
+        self.orders.extend(w.orders.iter().cloned());
         Ok(())
     }
 }
@@ -236,6 +308,7 @@ pub struct Stats {
     resume: Mutex<Histogram<u64>>,
     resume_tcp: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    orders: Mutex<Vec<OrderLog>>,
 }
 
 const STRIPES: usize = 8;
@@ -296,6 +369,7 @@ impl Stats {
             resume: Mutex::new(util::new_hist()),
             resume_tcp: Mutex::new(util::new_hist()),
             errors: Mutex::new(BTreeMap::new()),
+            orders: Mutex::new(Vec::new()),
         }
     }
 
@@ -383,6 +457,7 @@ impl Stats {
             resume: util::hist_to_b64(&self.resume.lock().unwrap()),
             resume_tcp: util::hist_to_b64(&self.resume_tcp.lock().unwrap()),
             errors: self.errors.lock().unwrap().clone(),
+            orders: self.orders.lock().unwrap().clone(),
         }
     }
 
@@ -395,6 +470,7 @@ impl Stats {
             resume: self.resume.lock().unwrap().clone(),
             resume_tcp: self.resume_tcp.lock().unwrap().clone(),
             errors: self.errors.lock().unwrap().clone(),
+            orders: self.orders.lock().unwrap().clone(),
         }
     }
 }
@@ -574,6 +650,7 @@ struct Head<'a> {
 #[derive(Deserialize)]
 struct SentAt {
     t: Option<u64>,
+    n: Option<u32>,
 }
 
 /// Where a connection records the frames it receives.
@@ -584,9 +661,20 @@ struct Seen<'a> {
 }
 
 impl Seen<'_> {
-    fn frame(&self, text: &str, at: u64, ident: Option<&mut Identity>, replay: Option<(u64, u64)>) {
+    fn frame(
+        &self,
+        text: &str,
+        at: u64,
+        ident: Option<&mut Identity>,
+        replay: Option<(u64, u64)>,
+        order: Option<&mut OrderLog>,
+    ) {
+        let mut number = None;
         let head = match serde_json::from_str::<Head>(text) {
-            Ok(h) => (h.kind, h.seq, h.code, h.data.and_then(|d| d.t)),
+            Ok(h) => {
+                number = h.data.as_ref().and_then(|d| d.n);
+                (h.kind, h.seq, h.code, h.data.and_then(|d| d.t))
+            }
             // Valid JSON of another shape (a message whose data is not an object).
             Err(_) => match serde_json::from_str::<Value>(text) {
                 Ok(v) => (
@@ -602,6 +690,16 @@ impl Seen<'_> {
             },
         };
         let (kind, seq, code, sent) = head;
+        if let Some(log) = order {
+            if matches!(&*kind, "message" | "session.updated") {
+                if let Some(s) = seq {
+                    log.seq(s);
+                }
+            }
+            if let (Some(n), "message") = (number, &*kind) {
+                log.ns.push(n);
+            }
+        }
         match &*kind {
             "message" => self.stats.on_message(at, sent),
             "session.updated" => self.stats.on_session_update(at),
@@ -639,9 +737,22 @@ pub async fn run_conn(
     stats: Arc<Stats>,
     mut cmd: watch::Receiver<Cmd>,
     tap: Option<mpsc::UnboundedSender<Tap>>,
+    gate: Option<Arc<Semaphore>>,
 ) {
-    let mut addr = params.addr;
+    // Held until the first connect has its outcome.
+    let mut permit = match gate {
+        Some(g) => g.acquire_owned().await.ok(),
+        None => None,
+    };
+    let mut addr = params.addr_of(spec.idx);
     let mut ident: Option<Identity> = None;
+    let mut order = OrderSink {
+        stats: stats.clone(),
+        log: params.track_order.then(|| OrderLog {
+            idx: spec.idx,
+            ..OrderLog::default()
+        }),
+    };
     let mut gen = 0u32;
     // Set while reconnecting after a resume command: (last_seq sent, seq seen before, at_ns).
     let mut resuming: Option<(u64, u64, u64)> = None;
@@ -664,6 +775,7 @@ pub async fn run_conn(
         }
         let outcome = connect_once(&params, addr, &query).await;
         let done = now_ns();
+        permit.take();
         let (mut ws, welcome, tcp_us) = match outcome {
             Ok(ok) => ok,
             Err(key) => {
@@ -685,6 +797,9 @@ pub async fn run_conn(
         if let Some((last, seen_before, at_ns)) = resuming.take() {
             stats.last_reconnect_ns.fetch_max(done, Relaxed);
             if welcome["resumed"].as_bool() == Some(true) {
+                if let Some(l) = order.log.as_mut() {
+                    l.resumed = true;
+                }
                 stats.resumed.fetch_add(1, Relaxed);
                 stats.last_resumed_ns.fetch_max(done, Relaxed);
                 stats
@@ -747,7 +862,7 @@ pub async fn run_conn(
                         m = ws.next() => match m {
                             Some(Ok(Message::Text(t))) => {
                                 let seen = Seen { stats: &stats, tap: tap.as_ref(), idx: spec.idx };
-                                seen.frame(t.as_str(), now_ns(), ident.as_mut(), replay);
+                                seen.frame(t.as_str(), now_ns(), ident.as_mut(), replay, order.log.as_mut());
                             }
                             Some(Ok(Message::Close(f))) => {
                                 break Event::ServerClosed(f.map(|f| u16::from(f.code)).unwrap_or(1005))
@@ -813,11 +928,15 @@ pub async fn run_conn(
                 }
                 Cmd::Resume {
                     gen: g,
-                    addr: a,
+                    addrs,
+                    skip,
                     at_ns,
                 } if g > gen => {
                     gen = g;
-                    addr = a;
+                    if skip.binary_search(&spec.idx).is_ok() || addrs.is_empty() {
+                        continue;
+                    }
+                    addr = addrs[spec.idx % addrs.len()];
                     let id = ident.as_ref().expect("identity after a welcome");
                     let last = if params.resume_from_received {
                         id.seen_seq
@@ -862,12 +981,16 @@ pub struct Pool {
     handles: Arc<Mutex<Vec<JoinHandle<()>>>>,
     pacer: Option<JoinHandle<()>>,
     resume_gen: u32,
+    gate: Option<Arc<Semaphore>>,
 }
 
 impl Pool {
     pub fn new(params: ConnParams) -> Pool {
         let (cmd_tx, _) = watch::channel(Cmd::Hold);
+        let gate =
+            (params.max_connecting > 0).then(|| Arc::new(Semaphore::new(params.max_connecting)));
         Pool {
+            gate,
             stats: Arc::new(Stats::new()),
             params: Arc::new(params),
             cmd_tx,
@@ -885,6 +1008,7 @@ impl Pool {
             self.stats.clone(),
             self.cmd_tx.subscribe(),
             tap,
+            self.gate.clone(),
         ));
         self.handles.lock().unwrap().push(h);
     }
@@ -896,6 +1020,7 @@ impl Pool {
         let stats = self.stats.clone();
         let cmd_tx = self.cmd_tx.clone();
         let handles = self.handles.clone();
+        let gate = self.gate.clone();
         self.pacer = Some(tokio::spawn(async move {
             let mut tokens: BTreeMap<String, String> = BTreeMap::new();
             let specs = (plan.start..plan.start + plan.count).map(|i| {
@@ -927,6 +1052,7 @@ impl Pool {
                     stats.clone(),
                     cmd_tx.subscribe(),
                     None,
+                    gate.clone(),
                 ));
                 handles.lock().unwrap().push(h);
                 spawned += 1;
@@ -948,11 +1074,14 @@ impl Pool {
         }));
     }
 
-    pub fn resume(&mut self, addr: SocketAddr) {
+    /// Every connection whose socket is gone resumes, connection i on `addrs[i % len]`,
+    /// except those in `skip` (sorted).
+    pub fn resume(&mut self, addrs: Vec<SocketAddr>, skip: Vec<usize>) {
         self.resume_gen += 1;
         let _ = self.cmd_tx.send(Cmd::Resume {
             gen: self.resume_gen,
-            addr,
+            addrs: Arc::new(addrs),
+            skip: Arc::new(skip),
             at_ns: now_ns(),
         });
     }

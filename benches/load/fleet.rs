@@ -4,7 +4,8 @@
 //!
 //! Worker protocol (one JSON object per line):
 //! - parent -> worker stdin: first a `WorkerConfig`, then commands
-//!   `{"cmd":"resume","addr":"127.0.0.1:P"}`, `{"cmd":"report"}`, `{"cmd":"close"}`.
+//!   `{"cmd":"resume","addrs":["127.0.0.1:P"],"skip":[]}`, `{"cmd":"report"}`,
+//!   `{"cmd":"close"}`.
 //!   End of stdin means close and exit (so a dead parent leaves no worker).
 //! - worker -> parent stdout: `{"kind":"counts",..}` every 100 ms,
 //!   `{"kind":"report",..}` after `report` and `close`, `{"kind":"fatal","message":..}`.
@@ -23,10 +24,12 @@ use tokio::sync::mpsc;
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct WorkerConfig {
     pub epoch_unix_ns: u64,
-    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub bind_ip: Option<IpAddr>,
     pub connect_timeout_ms: u64,
     pub resume_from_received: bool,
+    pub track_order: bool,
+    pub max_connecting: usize,
     pub plan: OpenPlan,
 }
 
@@ -39,9 +42,15 @@ pub struct FleetPlan {
     pub rate: f64,
     pub jwt_secret: String,
     pub token_ttl_secs: u64,
-    pub addr: SocketAddr,
+    /// Connection i goes to `addrs[i % len]`.
+    pub addrs: Vec<SocketAddr>,
     pub connect_timeout: Duration,
     pub resume_from_received: bool,
+    /// Keep every connection's order log (node-kill).
+    pub track_order: bool,
+    /// At most this many connects waiting for their welcome at once, in each process
+    /// (0: no limit).
+    pub max_connecting: usize,
     /// At most this many connections in one process.
     pub per_process: usize,
     /// Workers bind 127.0.0.{first_src_octet + w}.
@@ -82,10 +91,12 @@ impl Fleet {
         let workers = Self::workers_needed(plan);
         if workers == 0 {
             let mut pool = Pool::new(ConnParams {
-                addr: plan.addr,
+                addrs: plan.addrs.clone(),
                 bind_ip: None,
                 connect_timeout: plan.connect_timeout,
                 resume_from_received: plan.resume_from_received,
+                track_order: plan.track_order,
+                max_connecting: plan.max_connecting,
             });
             pool.start_opening(OpenPlan {
                 start: 0,
@@ -118,7 +129,7 @@ impl Fleet {
             }
             let cfg = WorkerConfig {
                 epoch_unix_ns: util::epoch_unix_ns(),
-                addr: plan.addr,
+                addrs: plan.addrs.clone(),
                 bind_ip: Some(IpAddr::V4(Ipv4Addr::new(
                     127,
                     0,
@@ -127,6 +138,8 @@ impl Fleet {
                 ))),
                 connect_timeout_ms: plan.connect_timeout.as_millis() as u64,
                 resume_from_received: plan.resume_from_received,
+                track_order: plan.track_order,
+                max_connecting: plan.max_connecting,
                 plan: OpenPlan {
                     start,
                     count: end - start,
@@ -175,15 +188,18 @@ impl Fleet {
         Ok(())
     }
 
-    pub fn resume(&mut self, addr: SocketAddr) -> R<()> {
+    /// Every connection whose socket is gone resumes, connection i on `addrs[i % len]`,
+    /// except those in `skip` (sorted).
+    pub fn resume(&mut self, addrs: &[SocketAddr], skip: &[usize]) -> R<()> {
         match self {
             Fleet::Local(p) => {
-                p.resume(addr);
+                p.resume(addrs.to_vec(), skip.to_vec());
                 Ok(())
             }
             Fleet::Remote(ws) => {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 for w in ws.iter_mut() {
-                    w.send(&json!({"cmd": "resume", "addr": addr.to_string()}))?;
+                    w.send(&json!({"cmd": "resume", "addrs": addrs, "skip": skip}))?;
                 }
                 Ok(())
             }
@@ -377,10 +393,12 @@ async fn worker_run() -> R<()> {
     let cfg: WorkerConfig = serde_json::from_str(&first).ctx("worker configuration")?;
     util::set_epoch(cfg.epoch_unix_ns);
     let mut pool = Pool::new(ConnParams {
-        addr: cfg.addr,
+        addrs: cfg.addrs.clone(),
         bind_ip: cfg.bind_ip,
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
         resume_from_received: cfg.resume_from_received,
+        track_order: cfg.track_order,
+        max_connecting: cfg.max_connecting,
     });
     pool.start_opening(cfg.plan.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -397,8 +415,9 @@ async fn worker_run() -> R<()> {
                 let v: Value = serde_json::from_str(&line).ctx("worker command")?;
                 match v["cmd"].as_str() {
                     Some("resume") => {
-                        let addr: SocketAddr = v["addr"].as_str().unwrap_or("").parse().ctx("resume address")?;
-                        pool.resume(addr);
+                        let addrs = serde_json::from_value::<Vec<SocketAddr>>(v["addrs"].clone()).ctx("resume addresses")?;
+                        let skip = serde_json::from_value::<Vec<usize>>(v["skip"].clone()).ctx("resume skip list")?;
+                        pool.resume(addrs, skip);
                     }
                     Some("report") => {
                         emit(&json!({"kind": "report", "report": pool.stats.wire()}));

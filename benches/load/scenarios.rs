@@ -1,10 +1,13 @@
-//! The five scenarios. Each returns its figures as one JSON object and prints
-//! a human summary (to stdout, or to stderr when `--json` owns stdout).
+//! The scenarios (node-kill has its own file). Each returns its figures as one JSON
+//! object and prints a human summary (to stdout, or to stderr when `--json` owns stdout).
+//! With `--cluster N` connect, churn, fanout and session-sync run against N nodes over one
+//! Redis: connections spread over the nodes round-robin, and so are API calls.
 
 use crate::cli::{ChurnArgs, ConnectArgs, FanoutArgs, Global, ReattachArgs, SessionSyncArgs};
 use crate::conn::{Auth, ConnParams, ConnSpec, Counts, Pool, Tap};
 use crate::fleet::{Fleet, FleetPlan};
-use crate::server::{Server, ServerOpts};
+use crate::server::ServerOpts;
+use crate::target::Target;
 use crate::util::{self, fmt_bytes, hist_json, hist_line, now_ns, Progress, R};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -32,7 +35,7 @@ impl Out {
 
 // ---------------------------------------------------------------- shared steps
 
-fn server_opts(g: &Global, auto: &[(&str, String)]) -> ServerOpts {
+pub fn server_opts(g: &Global, auto: &[(&str, String)]) -> ServerOpts {
     let mut args: Vec<String> = vec!["--log-level".into(), g.server_log_level.clone()];
     let mut flag = |name: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -73,10 +76,33 @@ fn server_opts(g: &Global, auto: &[(&str, String)]) -> ServerOpts {
         args,
         ready_timeout: Duration::from_secs(g.ready_timeout_secs),
         keep_data: g.keep_data,
+        secrets: None,
+        label: "server".into(),
     }
 }
 
-async fn start_server(g: &Global, out: &Out, auto: &[(&str, String)]) -> R<Server> {
+/// Flags for cluster nodes only: heartbeat and lease, when given.
+pub fn cluster_flags(g: &Global, heartbeat_ms: Option<u64>, lease_ms: Option<u64>) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(h) = g.node_heartbeat_ms.or(heartbeat_ms) {
+        v.extend(["--node-heartbeat-ms".to_string(), h.to_string()]);
+    }
+    if let Some(l) = g.node_lease_ms.or(lease_ms) {
+        v.extend(["--node-lease-ms".to_string(), l.to_string()]);
+    }
+    v
+}
+
+pub async fn start_target(g: &Global, out: &Out, auto: &[(&str, String)]) -> R<Target> {
+    start_target_with(g, out, auto, &cluster_flags(g, None, None)).await
+}
+
+pub async fn start_target_with(
+    g: &Global,
+    out: &Out,
+    auto: &[(&str, String)],
+    cluster_extra: &[String],
+) -> R<Target> {
     if g.url.is_some() {
         let given = g.durability.is_some()
             || g.max_per_user.is_some()
@@ -91,19 +117,14 @@ async fn start_server(g: &Global, out: &Out, auto: &[(&str, String)]) -> R<Serve
             );
         }
     }
-    let s = Server::start(server_opts(g, auto)).await?;
-    out.say(format!(
-        "server: {} {} (pid {})",
-        if s.spawned { "spawned" } else { "attached" },
-        s.http_base,
-        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-    ));
-    Ok(s)
+    let t = Target::start(g, server_opts(g, auto), cluster_extra).await?;
+    out.say(t.summary());
+    Ok(t)
 }
 
 /// With an attached server, warn when its per-user limit would evict.
-async fn check_per_user(server: &Server, per_user: usize) {
-    if let Ok(l) = server.get("/v1/limits").await {
+async fn check_per_user(server: &Target, per_user: usize) {
+    if let Ok(l) = server.api.get("/v1/limits").await {
         if let Some(max) = l["maxPerUser"].as_u64() {
             if per_user as u64 > max {
                 eprintln!(
@@ -114,9 +135,9 @@ async fn check_per_user(server: &Server, per_user: usize) {
     }
 }
 
-fn fleet_plan(
+pub fn fleet_plan(
     g: &Global,
-    s: &Server,
+    s: &Target,
     n: usize,
     per_user: usize,
     rate: f64,
@@ -129,18 +150,20 @@ fn fleet_plan(
         rate,
         jwt_secret: s.jwt_secret.clone(),
         token_ttl_secs: g.token_ttl_secs,
-        addr: s.addr,
+        addrs: s.addrs(),
         connect_timeout: Duration::from_millis(g.connect_timeout_ms),
         resume_from_received: false,
+        track_order: false,
+        max_connecting: g.max_connecting,
         per_process: g.per_process.max(1),
         first_src_octet: g.first_src_octet,
     }
 }
 
 /// A shared view of the fleet's counters for the progress thread.
-type CountsCell = Arc<Mutex<Counts>>;
+pub type CountsCell = Arc<Mutex<Counts>>;
 
-fn counts_progress(
+pub fn counts_progress(
     out: &Out,
     label: &str,
     total: u64,
@@ -151,8 +174,9 @@ fn counts_progress(
     Progress::start(out.progress, label, total, move || f(&cell.lock().unwrap()))
 }
 
-/// Waits until every connection attempt of the fleet has an outcome.
-/// Returns false when the deadline passed first.
+/// Waits until every connection attempt of the fleet has an outcome. Returns false when
+/// `within` has passed and no attempt has had an outcome for `STALLED` (a server that
+/// admits slowly, as under `--max-connecting`, is waited for while it makes progress).
 async fn wait_opened(
     fleet: &mut Fleet,
     n: usize,
@@ -160,7 +184,10 @@ async fn wait_opened(
     cell: &CountsCell,
     mut on_tick: impl FnMut(&Counts),
 ) -> R<bool> {
+    const STALLED: Duration = Duration::from_secs(30);
     let deadline = Instant::now() + within;
+    let mut last_done = 0;
+    let mut last_progress = Instant::now();
     loop {
         fleet.check_alive()?;
         let c = fleet.counts();
@@ -169,7 +196,11 @@ async fn wait_opened(
         if c.open_done() as usize >= n {
             return Ok(true);
         }
-        if Instant::now() > deadline {
+        if c.open_done() > last_done {
+            last_done = c.open_done();
+            last_progress = Instant::now();
+        }
+        if Instant::now() > deadline && last_progress.elapsed() > STALLED {
             return Ok(false);
         }
         sleep(Duration::from_millis(10)).await;
@@ -178,7 +209,7 @@ async fn wait_opened(
 
 /// Waits, with a progress line named `label`, until the fleet's `n` connections (opened at
 /// `rate` per second) all have an outcome. Returns false when the deadline passed first.
-async fn open_all(
+pub async fn open_all(
     g: &Global,
     out: &Out,
     fleet: &mut Fleet,
@@ -196,18 +227,18 @@ fn open_deadline(n: usize, rate: f64, g: &Global) -> Duration {
     Duration::from_secs_f64(pacing * 1.5 + 30.0) + Duration::from_millis(g.connect_timeout_ms)
 }
 
-fn open_line(c: &Counts) -> (u64, String) {
+pub fn open_line(c: &Counts) -> (u64, String) {
     (
         c.open_done(),
         format!("open {} failed {}", c.opened, c.failed),
     )
 }
 
-fn errors_json(e: &BTreeMap<String, u64>) -> Value {
+pub fn errors_json(e: &BTreeMap<String, u64>) -> Value {
     json!(e)
 }
 
-fn errors_line(e: &BTreeMap<String, u64>) -> String {
+pub fn errors_line(e: &BTreeMap<String, u64>) -> String {
     if e.is_empty() {
         "none".into()
     } else {
@@ -218,6 +249,37 @@ fn errors_line(e: &BTreeMap<String, u64>) -> String {
     }
 }
 
+/// CPU of the nodes and of Redis (clock ticks) at one moment, for figures per operation.
+struct CpuMark {
+    nodes: Option<u64>,
+    redis: Option<u64>,
+}
+
+impl CpuMark {
+    fn now(t: &Target) -> CpuMark {
+        CpuMark {
+            nodes: t.cpu_ticks(),
+            redis: t.redis_cpu_ticks(),
+        }
+    }
+
+    /// Microseconds of CPU per operation since `self`: (nodes, Redis).
+    fn per_op(&self, t: &Target, ops: u64) -> (Option<f64>, Option<f64>) {
+        let now = CpuMark::now(t);
+        let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if ops > 0 => {
+                Some(b.saturating_sub(a) as f64 * 1e6 / util::clk_tck() as f64 / ops as f64)
+            }
+            _ => None,
+        };
+        (per(self.nodes, now.nodes), per(self.redis, now.redis))
+    }
+}
+
+fn us_or_q(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1} us")).unwrap_or("?".into())
+}
+
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -225,6 +287,62 @@ fn secs(ns: u64) -> f64 {
 // ---------------------------------------------------------------- connect
 
 pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
+    if !a.vs_embedded {
+        return connect_run(g, a, out).await;
+    }
+    if g.cluster.unwrap_or(0) == 0 {
+        return Err(
+            "--vs-embedded compares a cluster with one embedded server: add --cluster N".into(),
+        );
+    }
+    if a.plot.is_some() {
+        return Err("--vs-embedded draws no plot: drop --plot".into());
+    }
+    let mut embedded_g = g.clone();
+    embedded_g.cluster = None;
+    out.say("== embedded (one server, sled)");
+    let embedded = connect_run(&embedded_g, a, out).await?;
+    out.say(format!(
+        "== cluster ({} nodes over one Redis)",
+        g.cluster.unwrap_or(0)
+    ));
+    let cluster = connect_run(g, a, out).await?;
+    let ratio = |k: &str| match (cluster[k].as_f64(), embedded[k].as_f64()) {
+        (Some(c), Some(e)) if e > 0.0 => json!(c / e),
+        _ => Value::Null,
+    };
+    let ratios = json!({
+        "connectsPerSec": ratio("connectsPerSec"),
+        "cpuPerConnectUs": ratio("cpuPerConnectUs"),
+        "cpuPerConnectWithRedisUs": match (cluster["cpuPerConnectWithRedisUs"].as_f64(), embedded["cpuPerConnectUs"].as_f64()) {
+            (Some(c), Some(e)) if e > 0.0 => json!(c / e),
+            _ => Value::Null,
+        },
+        "rssPerConnBytes": ratio("rssPerConnBytes"),
+        "welcomeP50": match (cluster["welcomeLatencyUs"]["p50"].as_f64(), embedded["welcomeLatencyUs"]["p50"].as_f64()) {
+            (Some(c), Some(e)) if e > 0.0 => json!(c / e),
+            _ => Value::Null,
+        },
+    });
+    let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}x")).unwrap_or("?".into());
+    out.say(format!(
+        "cluster / embedded: connects/s {}, nodes' CPU per connect {}, with Redis's {}, RSS per connection {}, welcome p50 {}",
+        f(&ratios["connectsPerSec"]),
+        f(&ratios["cpuPerConnectUs"]),
+        f(&ratios["cpuPerConnectWithRedisUs"]),
+        f(&ratios["rssPerConnBytes"]),
+        f(&ratios["welcomeP50"]),
+    ));
+    Ok(json!({
+        "scenario": "connect",
+        "vsEmbedded": true,
+        "embedded": embedded,
+        "cluster": cluster,
+        "clusterOverEmbedded": ratios,
+    }))
+}
+
+async fn connect_run(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
     let mut auto = Vec::new();
     if a.per_user > 10 {
         auto.push(("--max-per-user", a.per_user.to_string()));
@@ -232,10 +350,12 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
     if a.n > 100_000 {
         auto.push(("--max-total", (a.n + 1000).to_string()));
     }
-    let mut server = start_server(g, out, &auto).await?;
+    let mut server = start_target(g, out, &auto).await?;
     check_per_user(&server, a.per_user).await;
     let rss0 = server.rss_any().await;
     let cpu0 = server.cpu_ticks();
+    let redis_cpu0 = server.redis_cpu_ticks();
+    let redis_rss0 = server.redis_rss();
     let active0 = server.active_connections().await.ok();
     let plan = fleet_plan(g, &server, a.n, a.per_user, a.rate, &a.user_prefix);
     let mut fleet = Fleet::start(&plan)?;
@@ -254,12 +374,12 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
     let step = (a.n / 20).max(1) as u64;
     let mut next_sample = step;
     let mut samples: Vec<(u64, u64)> = Vec::new();
-    let pid = server.pid;
     let all_done = {
         let _p = counts_progress(out, "connect", a.n as u64, &cell, open_line);
+        let srv = &server;
         wait_opened(&mut fleet, a.n, open_deadline(a.n, a.rate, g), &cell, |c| {
             while c.opened >= next_sample {
-                if let Some(r) = pid.and_then(util::rss_bytes) {
+                if let Some(r) = srv.rss() {
                     samples.push((c.opened, r));
                 }
                 next_sample += step;
@@ -268,6 +388,7 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         .await?
     };
     let cpu1 = server.cpu_ticks();
+    let redis_cpu1 = server.redis_cpu_ticks();
     let c = fleet.counts();
     let phase_ns = if c.last_open_ns > 0 {
         c.last_open_ns
@@ -277,6 +398,7 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
     };
     sleep(Duration::from_millis(a.settle_ms)).await;
     let rss1 = server.rss_any().await;
+    let redis_rss1 = server.redis_rss();
     if let Some(r) = rss1 {
         samples.push((c.opened, r));
     }
@@ -300,13 +422,38 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         }
     }
     let rep = fleet.close(Duration::from_secs(30)).await?;
+    // Every clean close must be stored: the count comes back to where it started.
+    let (active_closed, close_settle) = match active0 {
+        Some(start) => {
+            let t = Instant::now();
+            let mut now = server.active_connections().await.ok();
+            while now != Some(start) && t.elapsed() < Duration::from_secs(a.close_settle_secs) {
+                sleep(Duration::from_millis(100)).await;
+                now = server.active_connections().await.ok();
+            }
+            (now, (now == Some(start)).then(|| t.elapsed().as_secs_f64()))
+        }
+        None => (None, None),
+    };
     let opened = c.opened.max(1) as f64;
     let per_conn = match (rss0, rss1) {
         (Some(b), Some(a2)) => Some((a2 as f64 - b as f64) / opened),
         _ => None,
     };
-    let cpu_per = match (cpu0, cpu1) {
-        (Some(b), Some(a2)) => Some((a2 - b) as f64 * 1e6 / util::clk_tck() as f64 / opened),
+    let per_connect = |t0: Option<u64>, t1: Option<u64>| match (t0, t1) {
+        (Some(b), Some(a2)) => {
+            Some(a2.saturating_sub(b) as f64 * 1e6 / util::clk_tck() as f64 / opened)
+        }
+        _ => None,
+    };
+    let cpu_per = per_connect(cpu0, cpu1);
+    let redis_cpu_per = per_connect(redis_cpu0, redis_cpu1);
+    let redis_rss_per = match (redis_rss0, redis_rss1) {
+        (Some(b), Some(a2)) => Some((a2 as f64 - b as f64) / opened),
+        _ => None,
+    };
+    let with_redis = match (cpu_per, redis_cpu_per) {
+        (Some(x), Some(y)) => Some(x + y),
         _ => None,
     };
     let rate = c.opened as f64 / secs(phase_ns).max(1e-9);
@@ -321,6 +468,12 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         out.say(format!("plot written to {}", path.display()));
     }
     server.stop_quietly().await;
+    let cluster = server.is_cluster();
+    let nodes = if cluster {
+        " (summed over the nodes)"
+    } else {
+        ""
+    };
     out.say(format!(
         "opened {}/{} ({} failed) in {:.2} s = {:.0} connects/s{}",
         c.opened,
@@ -337,23 +490,42 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
     out.say(format!("handshake-to-welcome: {}", hist_line(&rep.welcome)));
     out.say(format!("  of which TCP connect: {}", hist_line(&rep.tcp)));
     out.say(format!(
-        "server RSS: {} -> {} = {} per connection",
+        "server RSS{nodes}: {} -> {} = {} per connection",
         rss0.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
         rss1.map(|v| fmt_bytes(v as f64)).unwrap_or("?".into()),
         per_conn.map(fmt_bytes).unwrap_or("?".into())
     ));
     out.say(format!(
-        "server CPU per connect: {}",
+        "server CPU per connect{nodes}: {}",
         cpu_per.map(|v| format!("{v:.1} us")).unwrap_or("?".into())
     ));
+    if cluster {
+        out.say(format!(
+            "Redis: CPU per connect {}, RSS {} per connection; nodes + Redis: {} per connect",
+            redis_cpu_per
+                .map(|v| format!("{v:.1} us"))
+                .unwrap_or("?".into()),
+            redis_rss_per.map(fmt_bytes).unwrap_or("?".into()),
+            with_redis
+                .map(|v| format!("{v:.1} us"))
+                .unwrap_or("?".into()),
+        ));
+    }
     out.say(format!(
-        "activeConnections: before {} after {}",
+        "activeConnections: before {} after {}, after the clean closes {} ({})",
         active0.map(|v| v.to_string()).unwrap_or("?".into()),
-        active1.map(|v| v.to_string()).unwrap_or("?".into())
+        active1.map(|v| v.to_string()).unwrap_or("?".into()),
+        active_closed.map(|v| v.to_string()).unwrap_or("?".into()),
+        match close_settle {
+            Some(s) => format!("back in {s:.1} s"),
+            None => format!("NOT back after {} s", a.close_settle_secs),
+        }
     ));
     out.say(format!("errors: {}", errors_line(&rep.errors)));
     Ok(json!({
         "scenario": "connect",
+        "nodes": server.nodes.len(),
+        "cluster": cluster,
         "n": a.n,
         "perUser": a.per_user,
         "targetRate": a.rate,
@@ -369,8 +541,18 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
         "rssAfterBytes": rss1,
         "rssPerConnBytes": per_conn,
         "cpuPerConnectUs": cpu_per,
+        "redisCpuPerConnectUs": redis_cpu_per,
+        "redisRssPerConnBytes": redis_rss_per,
+        "cpuPerConnectWithRedisUs": with_redis,
+        "cpuTicks": {
+            "nodes": [cpu0, cpu1],
+            "redis": [redis_cpu0, redis_cpu1],
+            "perSecond": util::clk_tck(),
+        },
         "activeConnectionsBefore": active0,
         "activeConnectionsAfter": active1,
+        "activeConnectionsAfterClose": active_closed,
+        "closeSettleSecs": close_settle,
         "serverClosed": rep.counts.server_closed,
         "errors": errors_json(&rep.errors),
         "rssSamples": samples,
@@ -381,7 +563,7 @@ pub async fn connect(g: &Global, a: &ConnectArgs, out: &Out) -> R<Value> {
 // ---------------------------------------------------------------- churn
 
 pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
-    let mut server = start_server(g, out, &[]).await?;
+    let mut server = start_target(g, out, &[]).await?;
     let active0 = server.active_connections().await?;
     let concurrent = a.rate * a.hold_ms as f64 / 1000.0;
     if concurrent > g.per_process as f64 {
@@ -458,6 +640,7 @@ pub async fn churn(g: &Global, a: &ChurnArgs, out: &Out) -> R<Value> {
     out.say(format!("errors: {}", errors_line(&rep.errors)));
     Ok(json!({
         "scenario": "churn",
+        "nodes": server.nodes.len(),
         "targetRate": a.rate,
         "durationSecs": a.duration_secs,
         "holdMs": a.hold_ms,
@@ -491,16 +674,17 @@ async fn churn_phase(
     g: &Global,
     a: &ChurnArgs,
     out: &Out,
-    server: &crate::server::Server,
+    server: &Target,
     secs: u64,
     label: &'static str,
 ) -> R<Pool> {
     let total = (a.rate * secs as f64).round() as usize;
     let mut pool = Pool::new(ConnParams {
-        addr: server.addr,
-        bind_ip: None,
-        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
-        resume_from_received: false,
+        addrs: server.addrs(),
+        ..ConnParams::to(
+            server.addrs()[0],
+            Duration::from_millis(g.connect_timeout_ms),
+        )
     });
     let stats = pool.stats.clone();
     let _p = Progress::start(out.progress, label, total as u64, move || {
@@ -551,7 +735,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     if n > 100_000 {
         auto.push(("--max-total", (n + 1000).to_string()));
     }
-    let mut server = start_server(g, out, &auto).await?;
+    let mut server = start_target(g, out, &auto).await?;
     check_per_user(&server, a.per_user).await;
     let plan = fleet_plan(g, &server, n, a.per_user, a.rate, &a.user_prefix);
     let mut fleet = Fleet::start(&plan)?;
@@ -578,6 +762,10 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "{} connections open ({} failed)",
         c0.opened, c0.failed
     ));
+    if c0.failed > 0 {
+        let rep = fleet.report(Duration::from_secs(30)).await?;
+        out.say(format!("connect errors: {}", errors_line(&rep.errors)));
+    }
 
     // Warm-up rounds (not measured), then the measured ones.
     let mut post_errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -614,6 +802,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     let cpu0 = server.cpu_ticks();
     let mut send_hist = util::new_hist();
     let first_send = now_ns();
+    let cpu_mark = CpuMark::now(&server);
     let delivered_total = warm_delivered
         + send_rounds(
             &server,
@@ -647,6 +836,10 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             sleep(Duration::from_millis(10)).await;
         }
     };
+    let (cpu_per_frame, redis_cpu_per_frame) = cpu_mark.per_op(
+        &server,
+        fleet.counts().messages.saturating_sub(warm_delivered),
+    );
     // Server CPU from the first measured send until the last frame arrived.
     let cpu1 = server.cpu_ticks();
     let rep = fleet.report(Duration::from_secs(30)).await?;
@@ -658,7 +851,6 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         (Some(b), Some(a2)) => Some((a2 - b) as f64 / util::clk_tck() as f64),
         _ => None,
     };
-    let cpu_per_frame = cpu_secs.map(|s| s * 1e6 / measured.max(1) as f64);
     let wall_ns = c.last_frame_ns.saturating_sub(first_send).max(1);
     let per_sec = measured as f64 / secs(wall_ns);
     out.say(format!(
@@ -681,11 +873,14 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     ));
     out.say(format!("delivery latency: {}", hist_line(&rep.delivery)));
     out.say(format!(
-        "server CPU per delivered frame: {} ({} over the measured part)",
-        cpu_per_frame
-            .map(|v| format!("{v:.2} us"))
-            .unwrap_or("?".into()),
-        cpu_secs.map(|v| format!("{v:.2} s")).unwrap_or("?".into())
+        "CPU per frame delivered: server{} {}{}",
+        if server.is_cluster() { " (nodes)" } else { "" },
+        us_or_q(cpu_per_frame),
+        if server.is_cluster() {
+            format!(", Redis {}", us_or_q(redis_cpu_per_frame))
+        } else {
+            String::new()
+        }
     ));
     out.say(format!("errors: {}", errors_line(&cfinal.errors)));
     if !post_errors.is_empty() {
@@ -693,6 +888,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     }
     Ok(json!({
         "scenario": "fanout",
+        "nodes": server.nodes.len(),
         "users": a.users,
         "perUser": a.per_user,
         "messages": a.messages,
@@ -710,8 +906,9 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "wallSecs": secs(wall_ns),
         "messagesPerSec": per_sec,
         "deliveryLatencyUs": hist_json(&rep.delivery),
-        "serverCpuSecs": cpu_secs,
         "cpuPerFrameUs": cpu_per_frame,
+        "redisCpuPerFrameUs": redis_cpu_per_frame,
+        "serverCpuSecs": cpu_secs,
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),
     }))
@@ -722,7 +919,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
 /// server reported.
 #[allow(clippy::too_many_arguments)]
 async fn send_rounds(
-    server: &Server,
+    server: &Target,
     plan: &FleetPlan,
     a: &FanoutArgs,
     rounds: usize,
@@ -754,6 +951,7 @@ async fn send_rounds(
                 json!({"warmup": j})
             };
             let r = server
+                .api
                 .send_json(reqwest::Method::POST, &path, &json!({ "data": data }))
                 .await;
             util::record_us(send_hist, (now_ns() - t) / 1000);
@@ -793,7 +991,11 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     if a.per_session > 10 {
         auto.push(("--max-per-user", a.per_session.to_string()));
     }
-    let mut server = start_server(g, out, &auto).await?;
+    let mut server = start_target(g, out, &auto).await?;
+    // The PATCHes go to the first node, the session's sockets are on the last: in a
+    // cluster every update crosses from one node to another through Redis.
+    let patch_node = 0;
+    let socket_node = server.nodes.len() - 1;
     // Idle others.
     let mut others = if a.others > 0 {
         let plan = fleet_plan(g, &server, a.others, 1, a.rate, &a.user_prefix);
@@ -806,7 +1008,9 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     let others_open = others.as_ref().map(|f| f.counts().opened).unwrap_or(0);
     // The session and its connections.
     let (st, body) = server
-        .send_json(
+        .api
+        .send_json_to(
+            patch_node,
             reqwest::Method::POST,
             "/v1/sessions",
             &json!({"userId": a.session_user}),
@@ -819,12 +1023,10 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         .as_str()
         .ok_or_else(|| format!("POST /v1/sessions: no sessionId in {body}"))?
         .to_string();
-    let mut pool = Pool::new(ConnParams {
-        addr: server.addr,
-        bind_ip: None,
-        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
-        resume_from_received: false,
-    });
+    let mut pool = Pool::new(ConnParams::to(
+        server.nodes[socket_node].addr,
+        Duration::from_millis(g.connect_timeout_ms),
+    ));
     let (tx, mut rx) = mpsc::unbounded_channel::<Tap>();
     for i in 0..a.per_session {
         pool.spawn(
@@ -859,14 +1061,21 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     }
     while rx.try_recv().is_ok() {}
     out.say(format!(
-        "session-sync: {others_open} other connections idle, session {sid} with {} connections, {} PATCHes",
-        a.per_session, a.updates
+        "session-sync: {others_open} other connections idle, session {sid} with {} connections, {} PATCHes{}",
+        a.per_session,
+        a.updates,
+        if server.is_cluster() {
+            format!(" to node {patch_node}, its sockets on node {socket_node}")
+        } else {
+            String::new()
+        }
     ));
     let mut hist = util::new_hist();
     let mut timeouts = 0u64;
     let mut patch_errors: BTreeMap<String, u64> = BTreeMap::new();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t_all = Instant::now();
+    let cpu_mark = CpuMark::now(&server);
     {
         let d2 = done.clone();
         let _p = Progress::start(out.progress, "patch", a.updates as u64, move || {
@@ -876,7 +1085,9 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         for i in 0..a.updates as u64 {
             let t0 = now_ns();
             let body = json!({"data": {"n": i}});
-            let patch = server.send_json(reqwest::Method::PATCH, &path, &body);
+            let patch = server
+                .api
+                .send_json_to(patch_node, reqwest::Method::PATCH, &path, &body);
             let per_session = a.per_session;
             let within = Duration::from_millis(a.update_timeout_ms);
             let wait = async {
@@ -916,6 +1127,7 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         }
     }
     let wall = t_all.elapsed();
+    let (cpu_per_update, redis_cpu_per_update) = cpu_mark.per_op(&server, a.updates as u64);
     pool.close_all(Duration::from_secs(10)).await;
     let srep = pool.stats.report();
     let orep = match others.as_mut() {
@@ -935,6 +1147,16 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         a.update_timeout_ms,
         errors_line(&patch_errors)
     ));
+    out.say(format!(
+        "CPU per update: server{} {}{}",
+        if server.is_cluster() { " (nodes)" } else { "" },
+        us_or_q(cpu_per_update),
+        if server.is_cluster() {
+            format!(", Redis {}", us_or_q(redis_cpu_per_update))
+        } else {
+            String::new()
+        }
+    ));
     let mut errors = srep.errors.clone();
     if let Some(o) = &orep {
         for (k, v) in &o.errors {
@@ -944,6 +1166,9 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
     out.say(format!("connection errors: {}", errors_line(&errors)));
     Ok(json!({
         "scenario": "session-sync",
+        "nodes": server.nodes.len(),
+        "patchNode": patch_node,
+        "socketNode": socket_node,
         "others": a.others,
         "othersOpened": others_open,
         "perSession": a.per_session,
@@ -952,6 +1177,8 @@ pub async fn session_sync(g: &Global, a: &SessionSyncArgs, out: &Out) -> R<Value
         "timeouts": timeouts,
         "patchErrors": patch_errors,
         "wallSecs": wall.as_secs_f64(),
+        "cpuPerUpdateUs": cpu_per_update,
+        "redisCpuPerUpdateUs": redis_cpu_per_update,
         "errors": errors_json(&errors),
         "server": server.describe(),
     }))
@@ -963,6 +1190,9 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
     if g.url.is_some() {
         return Err("reattach stops and restarts the server: it needs a server spawned by the generator (drop --url)".into());
     }
+    if g.cluster.unwrap_or(0) > 0 {
+        return Err("reattach restarts one embedded server; in cluster mode see node-kill".into());
+    }
     let mut auto = Vec::new();
     if a.per_user > 10 {
         auto.push(("--max-per-user", a.per_user.to_string()));
@@ -970,8 +1200,9 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
     if a.n > 100_000 {
         auto.push(("--max-total", (a.n + 1000).to_string()));
     }
-    let mut server = start_server(g, out, &auto).await?;
-    let mut plan = fleet_plan(g, &server, a.n, a.per_user, a.rate, &a.user_prefix);
+    let mut target = start_target(g, out, &auto).await?;
+    let mut plan = fleet_plan(g, &target, a.n, a.per_user, a.rate, &a.user_prefix);
+    let server = &mut target.nodes[0];
     plan.resume_from_received = a.resume_from_received;
     let mut fleet = Fleet::start(&plan)?;
     open_all(g, out, &mut fleet, "connect", a.n, a.rate).await?;
@@ -1056,7 +1287,7 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
         "server restarted: /ready after {:.0} ms",
         restart_t0.elapsed().as_secs_f64() * 1e3
     ));
-    fleet.resume(server.addr)?;
+    fleet.resume(&[server.addr], &[])?;
     let expected = c0.opened;
     let deadline = Instant::now() + Duration::from_secs(a.resume_timeout_secs);
     let all_back = {

@@ -91,7 +91,9 @@ async fn tiny_conn(s: tokio::net::TcpStream, seqs: Seqs, mut kill: watch::Receiv
             seq = old_seq;
             let last: u64 = q.get("last_seq").and_then(|v| v.parse().ok()).unwrap_or(0);
             for s in last + 1..=old_seq {
-                replay.push(json!({"type":"message","seq":s,"data":{"replayed":true},"ts":"x"}));
+                replay.push(
+                    json!({"type":"message","seq":s,"data":{"replayed":true,"n":s},"ts":"x"}),
+                );
             }
         }
     }
@@ -112,7 +114,7 @@ async fn tiny_conn(s: tokio::net::TcpStream, seqs: Seqs, mut kill: watch::Receiv
             _ = tick.tick() => {
                 seq += 1;
                 seqs.lock().unwrap().insert(id.clone(), seq);
-                let m = json!({"type":"message","seq":seq,"data":{"t":now_ns()},"ts":"x"});
+                let m = json!({"type":"message","seq":seq,"data":{"t":now_ns(),"n":seq},"ts":"x"});
                 if ws.send(frame(m)).await.is_err() { return; }
                 let _ = ws.send(Message::Ping(Default::default())).await;
             }
@@ -161,9 +163,11 @@ async fn fleet_cycle(tiny: &Tiny, n: usize, per_process: usize) -> R<String> {
         rate: 2000.0,
         jwt_secret: "secret".into(),
         token_ttl_secs: 60,
-        addr: tiny.addr,
+        addrs: vec![tiny.addr],
         connect_timeout: Duration::from_secs(5),
         resume_from_received: false,
+        track_order: true,
+        max_connecting: 0,
         per_process,
         first_src_octet: 2,
     };
@@ -197,7 +201,7 @@ async fn fleet_cycle(tiny: &Tiny, n: usize, per_process: usize) -> R<String> {
     tiny.kill.send_modify(|v| *v += 1);
     let ok = until(Duration::from_secs(5), || fleet.counts().open_now == 0).await;
     check(ok, &format!("sockets dropped: {:?}", fleet.counts()))?;
-    fleet.resume(tiny.addr)?;
+    fleet.resume(&[tiny.addr], &[])?;
     let ok = until(Duration::from_secs(10), || {
         fleet.counts().resume_done() as usize >= n
     })
@@ -226,6 +230,23 @@ async fn fleet_cycle(tiny: &Tiny, n: usize, per_process: usize) -> R<String> {
         fin.resume.len() as usize == n,
         "resume histogram has n samples",
     )?;
+    // Resumed from the welcome's seq, every connection was sent again what it had: the
+    // order logs must show each of those as a repeat.
+    check(
+        fin.orders.len() == n,
+        &format!("{} order logs for {n} connections", fin.orders.len()),
+    )?;
+    for log in &fin.orders {
+        let max = log.ns.iter().copied().max().unwrap_or(0);
+        // The tiny server's messages count from 1: n = 0 is never sent.
+        let mut acked = vec![true; max as usize + 1];
+        acked[0] = false;
+        let c = crate::kill::check_order(&log.ns, &acked);
+        check(
+            log.resumed && log.seq_repeated >= 3 && c.duplicates >= 3 && c.missed == 0,
+            &format!("repeats seen in the order log: {log:?} {c:?}"),
+        )?;
+    }
     Ok(format!(
         "{n} connections, {workers} workers: welcome {}, delivery {}, recovered {}/{}",
         util::hist_line(&fin.welcome),
@@ -233,6 +254,107 @@ async fn fleet_cycle(tiny: &Tiny, n: usize, per_process: usize) -> R<String> {
         fin.counts.recovered,
         fin.counts.expected_recovered
     ))
+}
+
+/// node-kill's verdict on one connection's arrivals: each kind of fault is counted.
+fn order_checks() -> R<()> {
+    use crate::kill::{check_order, OrderCheck};
+    let all = [true; 4];
+    let c = |received: &[u32], acked: &[bool]| check_order(received, acked);
+    check(
+        c(&[0, 1, 2, 3], &all)
+            == OrderCheck {
+                expected: 4,
+                received: 4,
+                ..OrderCheck::default()
+            },
+        "in order",
+    )?;
+    check(c(&[0, 1, 3], &all).missed == 1, "a gap is a miss")?;
+    check(c(&[0, 1], &all).missed == 2, "a missing tail is missed")?;
+    check(c(&[], &all).missed == 4, "nothing received")?;
+    let d = c(&[0, 1, 1, 2, 3, 0], &all);
+    check(d.duplicates == 2 && d.missed == 0, "duplicates")?;
+    let o = c(&[0, 2, 1, 3], &all);
+    check(
+        o.out_of_order == 1 && o.missed == 0 && o.duplicates == 0,
+        "out of order",
+    )?;
+    let acked = [true, false, true];
+    let u = c(&[0, 2], &acked);
+    check(
+        u.missed == 0 && u.expected == 2,
+        "a failed POST is not owed",
+    )?;
+    let u = c(&[0, 1, 2, 7], &acked);
+    check(
+        u.unacknowledged == 2 && u.missed == 0,
+        "arrivals nobody was owed",
+    )?;
+    Ok(())
+}
+
+/// Clients told to stay away after a lost socket do not resume, and their logs show what
+/// they missed.
+async fn left_away(tiny: &Tiny) -> R<String> {
+    let mut pool = Pool::new(ConnParams {
+        track_order: true,
+        resume_from_received: true,
+        ..ConnParams::to(tiny.addr, Duration::from_secs(5))
+    });
+    let n = 6;
+    for i in 0..n {
+        pool.spawn(
+            ConnSpec {
+                idx: i,
+                auth: Auth::Token("t".into()),
+                close_after: None,
+            },
+            None,
+        );
+    }
+    let ok = until(Duration::from_secs(5), || {
+        pool.stats.counts().messages >= 2 * n as u64
+    })
+    .await;
+    check(ok, "messages arrive")?;
+    tiny.kill.send_modify(|v| *v += 1);
+    let ok = until(Duration::from_secs(5), || pool.stats.counts().open_now == 0).await;
+    check(ok, "sockets dropped")?;
+    // The tiny server keeps counting seqs of connections it forgot; resumed ones are
+    // replayed everything after their last seq.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pool.resume(vec![tiny.addr], vec![1, 4]);
+    let ok = until(Duration::from_secs(5), || pool.stats.counts().resumed == 4).await;
+    check(ok, &format!("four resumed: {:?}", pool.stats.counts()))?;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    pool.close_all(Duration::from_secs(5)).await;
+    let rep = pool.stats.report();
+    check(rep.orders.len() == n, "a log per connection")?;
+    // Each connection has its own seqs (n = seq): a resumed one is owed everything up to
+    // its last, an away one what the resumed ones got after it left.
+    let owed = |top: u32| {
+        let mut v = vec![true; top as usize + 1];
+        v[0] = false;
+        v
+    };
+    let top = |l: &crate::conn::OrderLog| l.ns.iter().copied().max().unwrap_or(0);
+    let reached = rep
+        .orders
+        .iter()
+        .filter(|l| l.resumed)
+        .map(top)
+        .min()
+        .unwrap_or(0);
+    for l in &rep.orders {
+        let away = l.idx == 1 || l.idx == 4;
+        let c = crate::kill::check_order(&l.ns, &owed(if away { reached } else { top(l) }));
+        check(
+            away != l.resumed && (c.missed > 0) == away && c.duplicates == 0 && l.seq_repeated == 0,
+            &format!("connection {}: resumed {} {c:?}", l.idx, l.resumed),
+        )?;
+    }
+    Ok("2 of 6 left away: their misses counted, the others' none".into())
 }
 
 pub async fn run(n: usize) -> R<serde_json::Value> {
@@ -329,14 +451,14 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         .map(|_| String::new()),
     )?;
 
+    step("order-check", order_checks().map(|_| String::new()))?;
+
     let tiny = tiny_server().await?;
     // Refused port and close-code errors.
-    let pool = Pool::new(ConnParams {
-        addr: "127.0.0.1:1".parse().expect("addr"),
-        bind_ip: None,
-        connect_timeout: Duration::from_secs(2),
-        resume_from_received: false,
-    });
+    let pool = Pool::new(ConnParams::to(
+        "127.0.0.1:1".parse().expect("addr"),
+        Duration::from_secs(2),
+    ));
     pool.spawn(
         ConnSpec {
             idx: 0,
@@ -357,12 +479,7 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
     )?;
     // No credential at all: the tiny server closes with 4501.
     let r = crate::conn::connect_once(
-        &ConnParams {
-            addr: tiny.addr,
-            bind_ip: None,
-            connect_timeout: Duration::from_secs(2),
-            resume_from_received: false,
-        },
+        &ConnParams::to(tiny.addr, Duration::from_secs(2)),
         tiny.addr,
         "nothing=1",
     )
@@ -376,12 +493,7 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         .map(|_| String::new()),
     )?;
     // Churn-style self-closing connection.
-    let mut churn = Pool::new(ConnParams {
-        addr: tiny.addr,
-        bind_ip: None,
-        connect_timeout: Duration::from_secs(2),
-        resume_from_received: false,
-    });
+    let mut churn = Pool::new(ConnParams::to(tiny.addr, Duration::from_secs(2)));
     for i in 0..20 {
         churn.spawn(
             ConnSpec {
@@ -402,6 +514,7 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         )
         .map(|_| String::new()),
     )?;
+    step("left-away", left_away(&tiny).await)?;
     step("floor", crate::versus::self_check().await)?;
     step("local-fleet", fleet_cycle(&tiny, n, 100_000).await)?;
     step("worker-fleet", fleet_cycle(&tiny, n, n.div_ceil(3)).await)?;

@@ -19,6 +19,20 @@ pub struct ServerOpts {
     pub args: Vec<String>,
     pub ready_timeout: Duration,
     pub keep_data: bool,
+    /// Secrets given to the server (cluster mode: every node holds the same, in
+    /// `TETHER_JWT_SECRET` and `TETHER_ADMIN_API_KEY`) instead of read from its
+    /// `secrets.toml`.
+    pub secrets: Option<(String, String)>,
+    /// How messages name this server ("server", "node 1").
+    pub label: String,
+}
+
+/// A request that failed without an HTTP answer.
+#[derive(Debug)]
+pub struct SendError {
+    /// The connection was refused or never made: the server saw nothing.
+    pub not_sent: bool,
+    pub message: String,
 }
 
 pub struct Server {
@@ -37,7 +51,7 @@ pub struct Server {
     opts: ServerOpts,
 }
 
-fn http_client() -> R<reqwest::Client> {
+pub fn http_client() -> R<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
@@ -47,7 +61,7 @@ fn http_client() -> R<reqwest::Client> {
         .ctx("building the HTTP client")
 }
 
-fn free_port() -> R<u16> {
+pub fn free_port() -> R<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").ctx("finding a free port")?;
     Ok(l.local_addr().ctx("finding a free port")?.port())
 }
@@ -195,7 +209,10 @@ impl Server {
         };
         s.spawn_child()?;
         s.wait_ready().await?;
-        let (j, a) = read_secrets(&s.data_dir)?;
+        let (j, a) = match s.opts.secrets.clone() {
+            Some(given) => given,
+            None => read_secrets(&s.data_dir)?,
+        };
         s.jwt_secret = j;
         s.admin_key = a;
         Ok(s)
@@ -221,6 +238,12 @@ impl Server {
             .arg("--listen")
             .arg(self.addr.to_string())
             .args(&self.opts.args)
+            .envs(self.opts.secrets.iter().flat_map(|(jwt, admin)| {
+                [
+                    ("TETHER_JWT_SECRET", jwt.as_str()),
+                    ("TETHER_ADMIN_API_KEY", admin.as_str()),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -260,7 +283,8 @@ impl Server {
                     .unwrap_or(true);
                 if zombie {
                     return Err(format!(
-                        "the server exited during start-up ({} serve --data-dir {} --listen {} {}){}",
+                        "the {} exited during start-up ({} serve --data-dir {} --listen {} {}){}",
+                        self.opts.label,
                         self.opts.bin.display(),
                         self.data_dir.display(),
                         self.addr,
@@ -288,7 +312,8 @@ impl Server {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "server at {} not ready after {:?} (last: {last}){}",
+                    "{} at {} not ready after {:?} (last: {last}){}",
+                    self.opts.label,
                     self.http_base,
                     self.opts.ready_timeout,
                     self.log_tail()
@@ -411,15 +436,32 @@ impl Server {
         path: &str,
         body: &Value,
     ) -> R<(u16, Value)> {
+        self.try_send_json(method, path, body)
+            .await
+            .map_err(|e| e.message)
+    }
+
+    /// Like `send_json`, but says whether a failed request never reached the server (so
+    /// that sending it to another node cannot do it twice).
+    pub async fn try_send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), SendError> {
         let url = format!("{}{path}", self.http_base);
+        let failed = |e: reqwest::Error| SendError {
+            not_sent: e.is_connect(),
+            message: format!("{method} {path}: {e}"),
+        };
         let r = self
             .auth(self.http.request(method.clone(), &url))
             .json(body)
             .send()
             .await
-            .ctx(format!("{method} {path}"))?;
+            .map_err(failed)?;
         let st = r.status().as_u16();
-        let bytes = r.bytes().await.ctx(format!("{method} {path}"))?;
+        let bytes = r.bytes().await.map_err(failed)?;
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((st, v))
     }
@@ -433,6 +475,7 @@ impl Server {
 
     pub fn describe(&self) -> Value {
         serde_json::json!({
+            "name": self.opts.label,
             "mode": if self.spawned { "spawned" } else { "attached" },
             "url": self.http_base,
             "pid": self.last_pid,
@@ -455,7 +498,7 @@ impl Drop for Server {
         }
         if self.opts.keep_data {
             if let Some(p) = self.keep() {
-                eprintln!("kept server data and log in {}", p.display());
+                eprintln!("kept {} data and log in {}", self.opts.label, p.display());
             }
         }
     }

@@ -50,6 +50,47 @@ pub fn now_ns() -> u64 {
     unix_ns().saturating_sub(epoch_unix_ns())
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 time in UTC as the server writes them
+/// (`2026-11-21T23:59:01.123Z`; fewer or no fraction digits, and `+00:00`, also read).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let body = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = body.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':');
+    let (hh, mm, ss): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    let ms: i64 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().chain("000".chars()).take(3).collect();
+        digits.parse().ok()?
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms)
+}
+
+/// Nanoseconds since the shared epoch of a Unix time in milliseconds (negative before it).
+pub fn unix_ms_to_epoch_ns(ms: i64) -> i64 {
+    ms * 1_000_000 - epoch_unix_ns() as i64
+}
+
 // ---------------------------------------------------------------- JWT
 
 #[derive(serde::Serialize)]
@@ -333,6 +374,18 @@ pub fn self_check() -> R<()> {
     )?;
     check(pct("a b/c=d") == "a%20b%2Fc%3Dd", "pct")?;
     check(pct("abc-_.~") == "abc-_.~", "pct unreserved")?;
+    check(
+        parse_rfc3339_ms("1970-01-01T00:00:01.5Z") == Some(1500),
+        "rfc3339 epoch",
+    )?;
+    check(
+        parse_rfc3339_ms("2026-11-21T23:59:01.123Z") == Some(1_795_305_541_123),
+        "rfc3339",
+    )?;
+    check(
+        parse_rfc3339_ms("2000-03-01T00:00:00+00:00") == Some(951_868_800_000),
+        "rfc3339 leap year",
+    )?;
     let tok = mint_jwt("s3cret", "u1", 60)?;
     check(tok.split('.').count() == 3, "jwt shape")?;
     Ok(())

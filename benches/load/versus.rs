@@ -173,15 +173,12 @@ pub async fn self_check() -> R<String> {
         args: vec!["--log-level".into(), "warn".into()],
         ready_timeout: Duration::from_secs(10),
         keep_data: false,
+        secrets: None,
+        label: "the floor".into(),
     })
     .await?;
     check(server.pid.is_some(), "the floor's pid")?;
-    let params = ConnParams {
-        addr: server.addr,
-        bind_ip: None,
-        connect_timeout: Duration::from_secs(5),
-        resume_from_received: false,
-    };
+    let params = ConnParams::to(server.addr, Duration::from_secs(5));
     let mut socks = Vec::new();
     for user in ["fl0", "fl0", "fl0", "fl1"] {
         let token = mint_jwt(&server.jwt_secret, user, 60)?;
