@@ -354,6 +354,31 @@ fn a_log_filter_matches_field_values_as_text() {
 }
 
 #[test]
+fn a_log_filter_may_name_one_field_value_twice() {
+    // Two directives for one text-matched field value panicked in a debug build
+    // (tracing-subscriber's "Ordering::Equal must imply a.fields == b.fields"); the last
+    // one is the one that applies, as it is for any other directive.
+    let text = "info,tether[{path=/x}]=debug,hyper,tether[{path=/x}]=trace,tether[{path=/y}]=warn";
+    let c = load_toml(&format!("log_level = \"{text}\"")).unwrap();
+    assert_eq!(c.log_level.as_deref(), Some(text));
+    let shown = log_filter(text).unwrap().to_string();
+    assert!(shown.contains("tether[{path=/x}]=trace"), "{shown}");
+    assert!(!shown.contains("tether[{path=/x}]=debug"), "{shown}");
+    assert!(shown.contains("tether[{path=/y}]=warn"), "{shown}");
+    assert!(
+        shown.contains("hyper=trace") && shown.contains("info"),
+        "{shown}"
+    );
+    let twice = "warn,a[s{f=v}]=info,a[s{f=v}]=error,a[s{f=v}]=off";
+    let shown = log_filter(twice).unwrap().to_string();
+    assert_eq!(shown.matches("a[s{f=v}]").count(), 1, "{shown}");
+    assert!(shown.contains("a[s{f=v}]=off"), "{shown}");
+    // A bad directive is refused as before, duplicated or not.
+    assert!(log_filter("info,t[{f=v}]=debug,t[{f=v}]=nope").is_err());
+    assert!(log_filter("").is_ok() && log_filter(",,").is_ok());
+}
+
+#[test]
 fn asymmetric_algorithms_need_a_public_key_file() {
     let e = err_toml("jwt_algorithm = \"RS256\"");
     assert_eq!(
