@@ -430,18 +430,19 @@ const RUNTIME_SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_sec
 
 /// Log filter: `RUST_LOG` if set, else `log_level`, else `info`.
 fn init_tracing(config: &Config) -> Result<(), ConfigError> {
-    use tracing_subscriber::EnvFilter;
+    use tether::config::log_filter;
     let rust_log = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
     let filter = match &rust_log {
-        Some(v) => EnvFilter::try_new(v).map_err(|e| ConfigError::Invalid {
+        Some(v) => log_filter(v).map_err(|e| ConfigError::Invalid {
             key: "RUST_LOG".into(),
             value: format!("{v:?}"),
             expected: format!("expected a log filter like \"info\": {e}"),
         })?,
         // Validated with the rest of the config.
-        None => EnvFilter::new(config.log_level.as_deref().unwrap_or("info")),
+        None => log_filter(config.log_level.as_deref().unwrap_or("info"))
+            .expect("log_level is validated with the rest of the config"),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

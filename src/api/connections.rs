@@ -158,7 +158,8 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Response> {
     ok(&json!({"connections": page, "next": next}))
 }
 
-fn metadata_patch(b: &serde_json::Map<String, Value>) -> Result<MetadataPatch> {
+/// The patch of `PATCH /v1/connections/{id}/metadata`, read from its body object.
+pub fn metadata_patch(b: &serde_json::Map<String, Value>) -> Result<MetadataPatch> {
     only(
         b,
         &[

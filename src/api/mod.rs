@@ -9,7 +9,7 @@
 //! fitting status ([`crate::error`]); nothing a client sends can produce a 500. Routes reach
 //! state and sockets only through the [`Node`].
 
-mod body;
+pub mod body;
 mod connections;
 mod dashboard;
 mod ops;
@@ -33,6 +33,9 @@ use crate::node::Node;
 use crate::transport::{query_pairs, PeerAddr};
 
 type Result<T> = std::result::Result<T, ApiError>;
+
+/// How `PATCH /v1/connections/{id}/metadata` reads its body; public for the fuzzers.
+pub use connections::metadata_patch;
 
 pub fn routes(node: Arc<Node>) -> BoxedFilter<(Response,)> {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();

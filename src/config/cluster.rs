@@ -97,13 +97,27 @@ const URL_SHAPE: &str = "expected redis://[user:password@]host[:port][/db], the 
 
 /// `redis://` and `rediss://` with a host, an optional port and an optional database
 /// number; `unix://` with an absolute socket path. A query (`?protocol=resp3`) may follow.
+///
+/// The user name and password end at the last `@`, wherever it is: a password with an
+/// unescaped `/`, `?` or `#` is still a password (and [`super::values::redact_url`] hides it
+/// as one), but a Redis client would read it as the start of a path, so it is refused, and
+/// no message quotes any of it.
 fn check_redis_url(url: &str) -> Result<(), String> {
     let (scheme, rest) = url.split_once("://").ok_or(URL_SHAPE)?;
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
     match scheme {
         "redis" | "rediss" => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+            let rest = match rest.rsplit_once('@') {
+                Some((userinfo, _)) if userinfo.contains(['/', '?', '#']) => {
+                    return Err(format!(
+                        "{URL_SHAPE}: percent-encode '/', '?' and '#' in the user name and \
+                         password (%2F, %3F, %23)"
+                    ))
+                }
+                Some((_, after)) => after,
+                None => rest,
+            };
+            let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+            let (host_port, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let (host, port) = split_host_port(host_port).ok_or(URL_SHAPE)?;
             if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(format!("{URL_SHAPE}: the host is missing"));
@@ -119,8 +133,10 @@ fn check_redis_url(url: &str) -> Result<(), String> {
                 db => Err(format!("{URL_SHAPE}: {db:?} is not a database number")),
             }
         }
-        "unix" if rest.starts_with('/') && rest.len() > 1 => Ok(()),
-        "unix" => Err(format!("{URL_SHAPE}: the socket path must be absolute")),
+        "unix" => match rest.split_once('?').map_or(rest, |(before, _)| before) {
+            path if path.starts_with('/') && path.len() > 1 => Ok(()),
+            _ => Err(format!("{URL_SHAPE}: the socket path must be absolute")),
+        },
         _ => Err(URL_SHAPE.to_string()),
     }
 }
@@ -227,6 +243,35 @@ mod tests {
         ] {
             assert!(check_redis_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_password_with_a_slash_is_never_shown() {
+        // Generated passwords hold '/', '?' and '#'; unescaped, they end the authority, yet
+        // they are still the password and must not reach a message or a log line.
+        for (url, password) in [
+            ("redis://:abc/def+ghi@cache:6379/0", "abc/def+ghi"),
+            ("redis://app:s3cr?et@cache", "s3cr?et"),
+            ("rediss://app:pa#ss/wd@cache", "pa#ss/wd"),
+            (
+                "2:redis://x/y:an-operator-password@cache",
+                "an-operator-password",
+            ),
+        ] {
+            let e = err_toml(&format!("redis_url = {url:?}"));
+            assert!(e.contains("redis_url"), "{e}");
+            for part in [password, &password[..3]] {
+                assert!(!e.contains(part), "{part:?} shown: {e}");
+            }
+            let c = Config {
+                redis_url: Some(url.to_string()),
+                ..Config::default()
+            };
+            assert!(!format!("{c:?}").contains(password), "{c:?}");
+        }
+        let e = err_toml("redis_url = \"redis://:abc/def@cache\"");
+        assert!(e.contains("percent-encode"), "{e}");
+        assert_eq!(check_redis_url("redis://:abc%2Fdef@cache/1"), Ok(()));
     }
 
     #[test]

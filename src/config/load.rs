@@ -14,10 +14,34 @@ impl Config {
     /// already merged by clap). `overrides.config` is not consulted; see [`Config::from_args`].
     /// Validates everything, so an `Ok` config can be served.
     pub fn load(file: Option<&Path>, overrides: &ConfigArgs) -> Result<Config, ConfigError> {
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::layered(Some((&text, path)), overrides)
+            }
+            None => Config::layered(None, overrides),
+        }
+    }
+
+    /// [`Config::load`] with the file's text already read: `origin` is the path its
+    /// messages name. This is all of the loader but the read itself, so what a file says is
+    /// judged the same whether it came from disk or not.
+    pub fn load_text(
+        text: &str,
+        origin: &Path,
+        overrides: &ConfigArgs,
+    ) -> Result<Config, ConfigError> {
+        Config::layered(Some((text, origin)), overrides)
+    }
+
+    fn layered(file: Option<(&str, &Path)>, overrides: &ConfigArgs) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let mut report = Report::default();
-        if let Some(path) = file {
-            config.apply_file(path, &mut report)?;
+        if let Some((text, path)) = file {
+            config.apply_file(text, path, &mut report)?;
         }
         config.apply_args(overrides, &mut report);
         config.check(&mut report);
@@ -29,14 +53,16 @@ impl Config {
         Config::load(args.config.as_deref(), args)
     }
 
-    /// Reads the file's keys. A file that cannot be read or parsed ends the load at once
-    /// (nothing in it can be trusted); a bad or unknown key is reported and the rest read.
-    fn apply_file(&mut self, path: &Path, report: &mut Report) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    /// Reads the file's keys from its text. A file that cannot be parsed ends the load at
+    /// once (nothing in it can be trusted); a bad or unknown key is reported and the rest
+    /// read.
+    fn apply_file(
+        &mut self,
+        text: &str,
+        path: &Path,
+        report: &mut Report,
+    ) -> Result<(), ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;

@@ -32,6 +32,7 @@ mod values;
 pub use cli::{BackupArgs, ConfigArgs, InspectArgs, RestoreArgs};
 pub use keys::{Config, KEYS};
 pub use load::{suggest, unknown_env_vars, UnknownVar};
+pub use validate::log_filter;
 pub use values::{ApiKeyConfig, Durability, JwtAlgorithm, Key, LogFormat, Show};
 
 /// The permissions an API key may carry (`admin` allows everything, `sessions` the

@@ -317,6 +317,68 @@ fn unknown_key_and_unreadable_file() {
 }
 
 #[test]
+fn text_loads_as_the_file_holding_it_does() {
+    let text = "max_per_user = 3\nmax_per_users = 4\nlisten = \"nowhere\"";
+    let f = toml_file(text);
+    let from_file = Config::load(Some(f.path()), &ConfigArgs::default()).unwrap_err();
+    let from_text = Config::load_text(text, f.path(), &ConfigArgs::default()).unwrap_err();
+    assert_eq!(from_file.to_string(), from_text.to_string());
+    let c = Config::load_text(
+        "max_per_user = 3",
+        Path::new("t.toml"),
+        &ConfigArgs::default(),
+    )
+    .unwrap();
+    assert_eq!(c.max_per_user, 3);
+    let e = Config::load_text("=", Path::new("t.toml"), &ConfigArgs::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("cannot parse config file t.toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_log_filter_matches_field_values_as_text() {
+    // As a regular expression `.*a` and 32 `.` (`.*a.{32}`, which a directive cannot
+    // spell: its `}` would end the field) is a DFA of billions of states (a 350-byte
+    // log_level asked for more than 2 GiB). A field value is matched as text.
+    let value = format!(".*a{}", ".".repeat(32));
+    let c = load_toml(&format!(
+        r#"log_level = "info,tether[{{path={value}}}]=debug""#
+    ))
+    .unwrap();
+    assert!(c.log_level.unwrap().contains(&value));
+    assert!(log_filter("warn,tether=debug,hyper[{path=/x}]=trace").is_ok());
+    let e = err_toml(r#"log_level = "info,[[[""#);
+    assert!(e.contains("log_level"), "{e}");
+}
+
+#[test]
+fn a_log_filter_may_name_one_field_value_twice() {
+    // Two directives for one text-matched field value panicked in a debug build
+    // (tracing-subscriber's "Ordering::Equal must imply a.fields == b.fields"); the last
+    // one is the one that applies, as it is for any other directive.
+    let text = "info,tether[{path=/x}]=debug,hyper,tether[{path=/x}]=trace,tether[{path=/y}]=warn";
+    let c = load_toml(&format!("log_level = \"{text}\"")).unwrap();
+    assert_eq!(c.log_level.as_deref(), Some(text));
+    let shown = log_filter(text).unwrap().to_string();
+    assert!(shown.contains("tether[{path=/x}]=trace"), "{shown}");
+    assert!(!shown.contains("tether[{path=/x}]=debug"), "{shown}");
+    assert!(shown.contains("tether[{path=/y}]=warn"), "{shown}");
+    assert!(
+        shown.contains("hyper=trace") && shown.contains("info"),
+        "{shown}"
+    );
+    let twice = "warn,a[s{f=v}]=info,a[s{f=v}]=error,a[s{f=v}]=off";
+    let shown = log_filter(twice).unwrap().to_string();
+    assert_eq!(shown.matches("a[s{f=v}]").count(), 1, "{shown}");
+    assert!(shown.contains("a[s{f=v}]=off"), "{shown}");
+    // A bad directive is refused as before, duplicated or not.
+    assert!(log_filter("info,t[{f=v}]=debug,t[{f=v}]=nope").is_err());
+    assert!(log_filter("").is_ok() && log_filter(",,").is_ok());
+}
+
+#[test]
 fn asymmetric_algorithms_need_a_public_key_file() {
     let e = err_toml("jwt_algorithm = \"RS256\"");
     assert_eq!(

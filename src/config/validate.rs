@@ -7,6 +7,32 @@ use super::values::Hidden;
 use super::{Config, ConfigError, Report};
 use crate::auth::check_keys;
 use crate::auth::MIN_HMAC_SECRET_BYTES;
+use tracing_subscriber::filter::{EnvFilter, ParseError};
+
+/// A log filter (`log_level`, `RUST_LOG`) as tracing-subscriber reads one, except that a
+/// field's value is matched as text, never as a regular expression: the DFA of a pattern
+/// such as `.*a.{20}` has millions of states, and a log_level of a few hundred bytes asked
+/// for gigabytes when it was checked, and again when the logger was built.
+///
+/// A directive for the same target, span and field as an earlier one replaces it, as
+/// tracing-subscriber has it, but the earlier one is dropped here, before the filter is
+/// built: tracing-subscriber 0.3 never finds two text-matched field values equal, so two
+/// such directives (`tether[{path=/x}]=debug,tether[{path=/x}]=trace`) broke an invariant
+/// it asserts in a debug build, and the check of a config panicked.
+pub fn log_filter(text: &str) -> Result<EnvFilter, ParseError> {
+    let builder = || EnvFilter::builder().with_regex(false);
+    // Split as the builder splits; each directive keyed by what it applies to, which is
+    // how tracing-subscriber shows it without its `=level`.
+    let mut kept: Vec<(String, &str)> = Vec::new();
+    for directive in text.split(',').filter(|d| !d.is_empty()) {
+        let shown = builder().parse(directive)?.to_string();
+        let applies_to = shown.rsplit_once('=').map_or(&*shown, |(to, _)| to);
+        kept.retain(|(k, _)| k != applies_to);
+        kept.push((applies_to.to_owned(), directive));
+    }
+    let text: Vec<&str> = kept.into_iter().map(|(_, d)| d).collect();
+    builder().parse(text.join(","))
+}
 
 /// RFC 6265 cookie-name: an RFC 7230 token.
 fn is_cookie_name(name: &str) -> bool {
@@ -96,7 +122,7 @@ impl Config {
             ));
         }
         if let Some(level) = &self.log_level {
-            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            if let Err(e) = log_filter(level) {
                 report.push(invalid(
                     "log_level",
                     level,

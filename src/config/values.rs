@@ -513,13 +513,14 @@ impl fmt::Debug for Hidden<'_> {
     }
 }
 
-/// `scheme://user:password@host/...` with the password replaced by `<hidden>`.
+/// `scheme://user:password@host/...` with the password replaced by `<hidden>`. The password
+/// ends at the last `@`, not at the first `/`: one generated with an unescaped `/`, `?` or
+/// `#` in it is still a password.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_string();
     };
     // Without a colon the one part may be a password too (some clients read it so).

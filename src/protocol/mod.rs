@@ -66,6 +66,59 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_an_object_never_an_array() {
+        // serde reads a struct from an array of its fields too; a frame is an object.
+        for text in [
+            r#"["ping"]"#,
+            r#"["ping",{"a":1}]"#,
+            r#"["refresh"]"#,
+            r#"["auth"]"#,
+            r#"["seqz"]"#,
+        ] {
+            let e = ClientFrame::parse(text).unwrap_err();
+            assert_eq!(
+                e.message, "not a JSON object with a string `type`",
+                "{text}"
+            );
+            assert!(e.id.is_none());
+        }
+        let e = ClientFrame::parse(r#"{"type":"auth","id":1,"token":"t","resume":["c","t",1]}"#)
+            .unwrap_err();
+        assert!(e.message.starts_with("auth needs"), "{}", e.message);
+        assert_eq!(e.id.unwrap().get(), "1");
+        let p = ClientFrame::parse(
+            r#"{"type":"auth","token":"t","resume":{"connectionId":"c","token":"r","lastSeq":1}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(p.frame, ClientFrame::Auth { resume: Some(ref r), .. } if r.last_seq == Some(1))
+        );
+    }
+
+    #[test]
+    fn a_number_comes_back_as_the_number_that_was_sent() {
+        // Each is the shortest text of its f64: read inexactly, it came back as a neighbour
+        // (2.5001111111111107e46). Rust's own parse is correctly rounded.
+        for text in [
+            "2.500111111111111e+46",
+            "1.8446144084467442e+29",
+            "5e-324",
+            "0.1",
+        ] {
+            let frame = format!(r#"{{"type":"session.update","updates":{{"x":{text}}}}}"#);
+            let ClientFrame::SessionUpdate { updates } = ClientFrame::parse(&frame).unwrap().frame
+            else {
+                panic!("{frame}");
+            };
+            let sent: f64 = text.parse().unwrap();
+            assert_eq!(updates["x"].as_f64(), Some(sent), "{text}");
+            let t = FrameTemplate::session_updated("s", &Value::Object(updates), "http", None, "t");
+            let back: Value = serde_json::from_str(&t.render(1)).unwrap();
+            assert_eq!(back["updates"]["x"].as_f64(), Some(sent), "{text}");
+        }
+    }
+
+    #[test]
     fn frames_render_as_the_contract_says() {
         let t = FrameTemplate::message(r#"{"a":1}"#, "2026-01-01T00:00:00.000Z");
         let v: Value = serde_json::from_str(&t.render(7)).unwrap();

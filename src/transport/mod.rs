@@ -44,15 +44,14 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < b.len() {
         match b[i] {
             b'+' if plus_is_space => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+            // Two hex digits exactly: `u8::from_str_radix` alone would take `%+1` as 0x01.
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("two ASCII digits");
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                i += 2;
             }
             c => out.push(c),
         }
@@ -114,6 +113,7 @@ pub fn handshake(
         .or_else(|| given("token"))
         .map(Presented::Token)
         .or_else(|| {
+            // An empty cookie is no session id (a browser may keep one after a logout).
             cookie(headers, &config.session_cookie)
                 .filter(|c| !c.is_empty())
                 .or_else(|| present("x-session-id"))
@@ -139,5 +139,47 @@ pub fn handshake(
         user_agent: header("user-agent").unwrap_or_default(),
         client_version: header("x-client-version").or_else(|| param("client_version")),
         last_event_id: header("last-event-id"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percent_escape_is_two_hex_digits() {
+        assert_eq!(path_segment("a%2Fb%41"), "a/bA");
+        // `u8::from_str_radix` takes a sign; RFC 3986 §2.1 does not.
+        assert_eq!(path_segment("%+1%-1%+f"), "%+1%-1%+f");
+        assert_eq!(
+            query_pairs(Some("k=%+41&x=%4&y=a+b%2B")),
+            [
+                ("k".to_string(), "% 41".to_string()),
+                ("x".to_string(), "%4".to_string()),
+                ("y".to_string(), "a b+".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_session_cookie_is_no_credential() {
+        let config = Config::default();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "tether_sid=".parse().unwrap());
+        h.insert("x-session-id", "from-header".parse().unwrap());
+        let session = |s: &str| Some(Presented::Session(s.to_string()));
+        assert_eq!(
+            handshake(&config, &h, None, None).credential,
+            session("from-header")
+        );
+        h.remove("x-session-id");
+        assert_eq!(
+            handshake(&config, &h, Some("session_id=q"), None).credential,
+            session("q")
+        );
+        h.insert("cookie", "a=1; tether_sid=\"\"".parse().unwrap());
+        assert_eq!(handshake(&config, &h, None, None).credential, None);
+        h.insert("cookie", "tether_sid=s1".parse().unwrap());
+        assert_eq!(handshake(&config, &h, None, None).credential, session("s1"));
     }
 }
