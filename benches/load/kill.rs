@@ -15,7 +15,7 @@ use crate::conn::OrderLog;
 use crate::fleet::{Fleet, FleetPlan};
 use crate::scenarios::{
     cluster_flags, counts_progress, errors_json, errors_line, fleet_plan, open_all,
-    start_target_with, CountsCell, Out,
+    start_target_with, wait_resumed, CountsCell, Out,
 };
 use crate::target::{Api, KILL_HEARTBEAT_MS, KILL_LEASE_MS};
 use crate::util::{self, hist_json, hist_line, now_ns, R};
@@ -406,30 +406,14 @@ pub async fn node_kill(g: &Global, a: &NodeKillArgs, out: &Out) -> R<Value> {
     fleet.resume(&survivors, &skip)?;
     let expected_back = (victims.len() - skip.len()) as u64;
     let deadline = Instant::now() + Duration::from_secs(a.resume_timeout_secs);
-    let all_back = {
-        let cell: CountsCell = Arc::default();
-        let _p = counts_progress(out, "resume", expected_back, &cell, |c| {
-            (
-                c.resume_done(),
-                format!(
-                    "resumed {} fresh {} failed {}",
-                    c.resumed, c.fresh, c.resume_failed
-                ),
-            )
-        });
-        loop {
-            fleet.check_alive()?;
-            let c = fleet.counts();
-            *cell.lock().unwrap() = c.clone();
-            if c.resume_done() >= expected_back {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            sleep(Duration::from_millis(5)).await;
-        }
-    };
+    let all_back = wait_resumed(
+        &mut fleet,
+        out,
+        expected_back,
+        deadline,
+        Duration::from_millis(5),
+    )
+    .await?;
     // Some rounds more, then every acknowledged message must arrive.
     let rounds_back = sender.rounds_done.load(SeqCst);
     sender

@@ -163,6 +163,39 @@ pub fn fleet_plan(
 /// A shared view of the fleet's counters for the progress thread.
 pub type CountsCell = Arc<Mutex<Counts>>;
 
+/// Waits until `expected` connections have finished resuming (back, fresh or refused), or
+/// until `deadline`, showing progress. True when all came back in time.
+pub async fn wait_resumed(
+    fleet: &mut Fleet,
+    out: &Out,
+    expected: u64,
+    deadline: Instant,
+    poll: Duration,
+) -> R<bool> {
+    let cell: CountsCell = Arc::default();
+    let _p = counts_progress(out, "resume", expected, &cell, |c| {
+        (
+            c.resume_done(),
+            format!(
+                "resumed {} fresh {} failed {}",
+                c.resumed, c.fresh, c.resume_failed
+            ),
+        )
+    });
+    loop {
+        fleet.check_alive()?;
+        let c = fleet.counts();
+        *cell.lock().unwrap() = c.clone();
+        if c.resume_done() >= expected {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        sleep(poll).await;
+    }
+}
+
 pub fn counts_progress(
     out: &Out,
     label: &str,
@@ -1290,30 +1323,14 @@ pub async fn reattach(g: &Global, a: &ReattachArgs, out: &Out) -> R<Value> {
     fleet.resume(&[server.addr], &[])?;
     let expected = c0.opened;
     let deadline = Instant::now() + Duration::from_secs(a.resume_timeout_secs);
-    let all_back = {
-        let cell: CountsCell = Arc::default();
-        let _p = counts_progress(out, "resume", expected, &cell, |c| {
-            (
-                c.resume_done(),
-                format!(
-                    "resumed {} fresh {} failed {}",
-                    c.resumed, c.fresh, c.resume_failed
-                ),
-            )
-        });
-        loop {
-            fleet.check_alive()?;
-            let c = fleet.counts();
-            *cell.lock().unwrap() = c.clone();
-            if c.resume_done() >= expected {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let all_back = wait_resumed(
+        &mut fleet,
+        out,
+        expected,
+        deadline,
+        Duration::from_millis(10),
+    )
+    .await?;
     // Replays follow the welcome; give them a moment.
     let deadline = Instant::now() + Duration::from_secs(a.replay_timeout_secs);
     loop {
