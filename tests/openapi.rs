@@ -171,6 +171,76 @@ async fn a_whole_number_written_with_a_fraction_is_accepted() {
     assert_eq!(info["metadata"]["rateLimit"]["messagesPerMinute"], 30);
 }
 
+/// Found by schemathesis: `rateLimit.messagesPerMinute` had no `maximum` in the document, so
+/// a schema-valid 7.7e15 was refused with 422. Every integer a request can carry (body or query)
+/// names its bounds, so that what the document allows is what the server takes.
+#[test]
+fn every_integer_a_request_carries_has_both_bounds() {
+    fn walk(v: &Value, at: &str, missing: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                let integer = match o.get("type") {
+                    Some(Value::String(t)) => t == "integer",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                    _ => false,
+                };
+                if integer && (o.get("minimum").is_none() || o.get("maximum").is_none()) {
+                    missing.push(at.to_string());
+                }
+                for (k, v) in o {
+                    walk(v, &format!("{at}/{k}"), missing);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{at}[{i}]"), missing);
+                }
+            }
+            _ => {}
+        }
+    }
+    let d = doc();
+    let mut missing = Vec::new();
+    for (path, item) in d["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            walk(&op["requestBody"], &format!("{at} body"), &mut missing);
+            walk(&op["parameters"], &format!("{at} parameters"), &mut missing);
+        }
+    }
+    assert!(missing.is_empty(), "integers without bounds: {missing:#?}");
+}
+
+/// The largest `messagesPerMinute` the document allows is taken, and one past it is refused.
+#[tokio::test]
+async fn a_rate_limit_at_the_documented_maximum_is_accepted() {
+    let d = doc();
+    let max = d["components"]["schemas"]["RateLimit"]["properties"]["messagesPerMinute"]["maximum"]
+        .as_u64()
+        .unwrap();
+    let server = Server::start(&[]).await;
+    let (_ws, welcome) = server.connect("ola").await;
+    let id = welcome["connectionId"].as_str().unwrap();
+    let path = format!("/v1/connections/{id}/metadata");
+    let (status, info) = server
+        .send_json(
+            reqwest::Method::PATCH,
+            &path,
+            json!({"rateLimit": {"messagesPerMinute": max}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["metadata"]["rateLimit"]["messagesPerMinute"], max);
+    let (status, e) = server
+        .send_json(
+            reqwest::Method::PATCH,
+            &path,
+            json!({"rateLimit": {"messagesPerMinute": max + 1}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{e}");
+}
+
 /// Found by the document's `date-time`: a single node's `startedAt` was an empty string.
 #[tokio::test]
 async fn a_nodes_started_at_is_a_time() {
