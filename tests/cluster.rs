@@ -27,6 +27,29 @@ fn id_of(welcome: &Value) -> String {
     welcome["connectionId"].as_str().unwrap().to_string()
 }
 
+/// Resumes `welcome`'s connection on `node` after seq 1, and checks that it is resumed and
+/// given the message with seq 2 (whose data is 2); returns the socket and its welcome.
+async fn resume_for_the_second_message(
+    node: &Server,
+    user: &str,
+    welcome: &Value,
+) -> (common::Ws, Value) {
+    let mut ws = node.ws(&resume_query(node, user, welcome, Some(1))).await;
+    let w = ws.recv_type("welcome").await;
+    assert_eq!(
+        (w["resumed"].clone(), w["resumeError"].clone()),
+        (json!(true), Value::Null),
+        "{w}"
+    );
+    let m = ws.recv_type("message").await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!(2)),
+        "{m}"
+    );
+    (ws, w)
+}
+
 async fn node_id(server: &Server) -> String {
     let (status, health) = server.get_json("/v1/nodes").await;
     assert_eq!(status, 200, "{health}");
@@ -582,21 +605,7 @@ async fn a_node_paused_past_its_lease_closes_its_sockets_to_resume_elsewhere_los
         (200, json!("detached")),
         "{info}"
     );
-    let mut ws = n[1]
-        .ws(&resume_query(&n[1], "fay", &welcome, Some(1)))
-        .await;
-    let w = ws.recv_type("welcome").await;
-    assert_eq!(
-        (w["resumed"].clone(), w["resumeError"].clone()),
-        (json!(true), Value::Null),
-        "{w}"
-    );
-    let m = ws.recv_type("message").await;
-    assert_eq!(
-        (m["seq"].clone(), m["data"].clone()),
-        (json!(2), json!(2)),
-        "{m}"
-    );
+    let (mut ws, _) = resume_for_the_second_message(&n[1], "fay", &welcome).await;
     assert!(
         ws.try_recv(Duration::from_millis(300)).await.is_none(),
         "each once"
@@ -619,21 +628,7 @@ async fn a_resume_takes_over_a_dead_node_s_connection_before_its_lease_runs_out(
     drop(ws);
     n[1].send_json(Method::POST, "/v1/users/gil/messages", json!({"data": 2}))
         .await;
-    let mut ws = n[1]
-        .ws(&resume_query(&n[1], "gil", &welcome, Some(1)))
-        .await;
-    let w = ws.recv_type("welcome").await;
-    assert_eq!(
-        (w["resumed"].clone(), w["resumeError"].clone()),
-        (json!(true), Value::Null),
-        "{w}"
-    );
-    let m = ws.recv_type("message").await;
-    assert_eq!(
-        (m["seq"].clone(), m["data"].clone()),
-        (json!(2), json!(2)),
-        "{m}"
-    );
+    let (_ws, w) = resume_for_the_second_message(&n[1], "gil", &welcome).await;
     let (_, info) = n[1]
         .get_json(&format!("/v1/connections/{}", id_of(&w)))
         .await;

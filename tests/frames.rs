@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Closed, Server, Ws};
+use common::{conn_id, wait_for_state, Closed, Server, Ws};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,32 +36,6 @@ fn assert_close(frames: &mut Vec<Value>, closed: &Closed, code: u16, reconnect: 
         "{what}: {d}"
     );
     assert_eq!(closed.code, Some(code), "{what}: close frame, after {d}");
-}
-
-fn conn_id(welcome: &Value) -> String {
-    welcome["connectionId"].as_str().unwrap().to_string()
-}
-
-/// Polls `GET /v1/connections/{id}` until its state is `state` (or it is gone, for
-/// `"gone"`), and returns the last body.
-async fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
-        let now = match status {
-            404 => "gone",
-            200 => info["state"].as_str().unwrap_or("?"),
-            other => panic!("GET /v1/connections/{id}: {other} {info}"),
-        };
-        if now == state {
-            return info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connection {id} is {now}, expected {state}: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn events(server: &Server, id: &str, kind: &str) -> Vec<Value> {

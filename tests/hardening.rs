@@ -6,34 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, WAIT};
+use common::{conn_id, wait_for_state, Server, WAIT};
 use serde_json::{json, Value};
-
-fn conn_id(welcome: &Value) -> String {
-    welcome["connectionId"].as_str().unwrap().to_string()
-}
-
-/// Polls `GET /v1/connections/{id}` until its state is `state` (`"gone"` for a 404), and
-/// returns the last body.
-async fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
-        let now = match status {
-            404 => "gone",
-            200 => info["state"].as_str().unwrap_or("?"),
-            other => panic!("GET /v1/connections/{id}: {other} {info}"),
-        };
-        if now == state {
-            return info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connection {id} is {now}, expected {state}: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 // ----- 1. sessions are bounded -----------------------------------------------------------
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, Sse, Ws, WAIT};
+use common::{conn_id, Server, Sse, Ws, WAIT};
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -19,13 +19,6 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn sid_of(s: &Value) -> String {
     s["sessionId"].as_str().expect("sessionId").to_string()
-}
-
-fn conn_id(welcome: &Value) -> String {
-    welcome["connectionId"]
-        .as_str()
-        .expect("connectionId")
-        .to_string()
 }
 
 /// A WebSocket authenticated by session id through the query (`session_id=`).

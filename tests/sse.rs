@@ -7,18 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Sse, SseEvent, SseItem, WAIT};
+use common::{conn_id, Server, Sse, SseEvent, SseItem, WAIT};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 type Headers<'a> = Vec<(&'a str, &'a str)>;
-
-fn conn_id(welcome: &Value) -> String {
-    welcome["connectionId"]
-        .as_str()
-        .expect("connectionId")
-        .to_string()
-}
 
 /// Opens `/sse?token=` for `sub` and returns the stream and its welcome event.
 async fn open(server: &Server, sub: &str, headers: &[(&str, &str)]) -> (Sse, SseEvent) {

@@ -259,6 +259,36 @@ impl Drop for Server {
 }
 
 /// The value of the metric line `name` (with its labels) in a `/metrics` text.
+/// A welcome's `connectionId`.
+pub fn conn_id(welcome: &Value) -> String {
+    welcome["connectionId"]
+        .as_str()
+        .expect("connectionId")
+        .to_string()
+}
+
+/// Polls `GET /v1/connections/{id}` until its state is `state` (`"gone"` for a 404), and
+/// returns the last body.
+pub async fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let (status, info) = server.get_json(&format!("/v1/connections/{id}")).await;
+        let now = match status {
+            404 => "gone",
+            200 => info["state"].as_str().unwrap_or("?"),
+            other => panic!("GET /v1/connections/{id}: {other} {info}"),
+        };
+        if now == state {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection {id} is {now}, expected {state}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
