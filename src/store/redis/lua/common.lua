@@ -260,6 +260,32 @@ local function entry_seq(e)
   return tonumber(string.match(e, '^(%d+)|'))
 end
 
+-- How many frames past `replay_buffer_messages` a replay list may hold before a delivery
+-- trims it: then one LRANGE and one LTRIM take them all, instead of one LPOP per delivery
+-- once the list is full. No reader sees them (`replay_view`).
+-- (The events script passes no bounds.)
+local REPLAY_SLACK = math.max(1, math.floor((REPLAY or 0) / 8))
+
+-- The frames a replay list keeps, oldest first: its newest `replay_buffer_messages`, and of
+-- those the newest that fit in `replay_buffer_bytes` (the newest always), as the embedded
+-- store keeps them. The list may hold more: up to REPLAY_SLACK older frames (see `deliver`),
+-- and more bytes after a restart with smaller bounds.
+local function replay_view(rl)
+  if REPLAY <= 0 then return {} end
+  local es = redis.call('LRANGE', rl, -REPLAY, -1)
+  local from, bytes = #es + 1, 0
+  while from > 1 do
+    local b = bytes + frame_len(es[from - 1])
+    if b > REPLAY_BYTES and from <= #es then break end
+    bytes = b
+    from = from - 1
+  end
+  if from == 1 then return es end
+  local kept = {}
+  for i = from, #es do kept[#kept + 1] = es[i] end
+  return kept
+end
+
 -- How many connections a delivery reads and writes per HMGET and HSET: Lua's `unpack` takes
 -- at most about 8,000 values, and the HSET takes two per connection.
 local ROWS_CHUNK = 2000
@@ -268,9 +294,11 @@ local ROWS_CHUNK = 2000
 -- in its replay list, and publishes one Deliver command per node that holds some of their
 -- sockets. `tail` is the command's JSON after its assignments (`"kind":…,"rest":…}`).
 --
--- Per connection only its replay entry is a call of its own (an RPUSH, and an LPOP for each
--- frame that falls out of a full list): the seqs, byte counts and nodes are read with one
--- HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK connections.
+-- Per connection only its replay entry is a call of its own (an RPUSH; an LPOP for a frame
+-- past `replay_buffer_bytes`; once every REPLAY_SLACK deliveries to a full list, an LRANGE
+-- and an LTRIM of the frames past `replay_buffer_messages`): the seqs, byte counts and nodes
+-- are read with one HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK
+-- connections.
 local function deliver(user, ids, kind, rest, tail)
   local nodes, order = {}, {}
   local stored, delivered, last = 0, 0, 0
@@ -304,8 +332,15 @@ local function deliver(user, ids, kind, rest, tail)
           -- RPUSH answers the list's new length: no LLEN.
           local len = redis.call('RPUSH', rl, s .. body)
           rb = rb + #s + body_len
-          -- Oldest first, past either bound; the newest is always kept.
-          while len > 1 and (len > REPLAY or rb > REPLAY_BYTES) do
+          -- Oldest first: past the bytes bound at once (the newest is always kept), past
+          -- the count by REPLAY_SLACK. What goes is never in `replay_view`.
+          if len > REPLAY + REPLAY_SLACK then
+            local n = len - REPLAY
+            for _, e in ipairs(redis.call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
+            redis.call('LTRIM', rl, n, -1)
+            len = REPLAY
+          end
+          while len > 1 and rb > REPLAY_BYTES do
             local e = redis.call('LPOP', rl)
             if not e then break end
             rb = rb - frame_len(e)

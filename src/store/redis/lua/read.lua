@@ -26,7 +26,7 @@ elseif mode == 'replay' then
   if not rk then return '{}' end
   local after = tonumber(ARGV[8])
   local replay = {}
-  for _, e in ipairs(redis.call('LRANGE', replay_key(user, rk), 0, -1)) do
+  for _, e in ipairs(replay_view(replay_key(user, rk))) do
     if entry_seq(e) > after then replay[#replay + 1] = e end
   end
   return cjson.encode({replay = replay})
