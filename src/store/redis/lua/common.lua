@@ -290,6 +290,18 @@ end
 -- at most about 8,000 values, and the HSET takes two per connection.
 local ROWS_CHUNK = 2000
 
+-- The score (connectedAt) of each of `ids` in the user's conns index, in their order (false
+-- for one not in it): one ZMSCORE per ROWS_CHUNK ids, not one ZSCORE each.
+local function conn_scores(user, ids)
+  local out = {}
+  for from = 1, #ids, ROWS_CHUNK do
+    local to = math.min(from + ROWS_CHUNK - 1, #ids)
+    local got = redis.call('ZMSCORE', conns_key(user), unpack(ids, from, to))
+    for i = from, to do out[i] = got[i - from + 1] end
+  end
+  return out
+end
+
 -- Gives each connection in `ids` (all `user`'s) its next seq for one frame, keeps the frame
 -- in its replay list, and publishes one Deliver command per node that holds some of their
 -- sockets. `tail` is the command's JSON after its assignments (`"kind":…,"rest":…}`).

@@ -34,8 +34,10 @@ else
   local user = session_owner(what)
   if not user then return '{"ids":[]}' end
   local ids = {}
-  for _, id in ipairs(redis.call('SMEMBERS', session_conns_key(user, what))) do
-    local s = redis.call('ZSCORE', conns_key(user), id)
+  local members = redis.call('SMEMBERS', session_conns_key(user, what))
+  local scores = conn_scores(user, members)
+  for i, id in ipairs(members) do
+    local s = scores[i]
     if s then ids[#ids + 1] = {id, s} end
   end
   table.sort(ids, function(a, b)
