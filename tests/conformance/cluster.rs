@@ -165,9 +165,10 @@ pub async fn a_record_that_does_not_decode_is_an_error_naming_its_key(o: &Opened
     let a = admit(c, "zed", None).await;
     let key = format!("tether:{{u:zed}}:c:{}", a.id);
     let mut r = raw(o.url.as_deref().unwrap()).await;
+    // The seq is in the user's delivery rows, not in the record's HASH.
     ::redis::cmd("HSET")
-        .arg(&key)
-        .arg("seq")
+        .arg("tether:{u:zed}:d")
+        .arg(a.id.to_string())
         .arg("many")
         .exec_async(&mut r)
         .await
@@ -475,7 +476,7 @@ pub async fn admission_does_not_read_every_record_of_the_user() {
 /// timed out behind the resumes and the node answered 503 for a moment although Redis was
 /// fine).
 pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
-    const CONNS: usize = 150;
+    const CONNS: usize = 500;
     let server = RedisServer::start(false);
     let url = server.url();
     let mut settings = crate::redis_settings(&url, NODE);
@@ -494,7 +495,7 @@ pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
             .await;
         r.ok().map(|_| started.elapsed())
     };
-    // Messages to the user (each one script over its 150 connections), sent in a loop by
+    // Messages to the user (each one script over its 500 connections), sent in a loop by
     // more and more tasks until each waits about half a command timeout in the queue: every
     // call is answered in time, and so must the probe be.
     let until = Instant::now() + Duration::from_secs(6);
@@ -557,4 +558,134 @@ pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
         unhealthy.len(),
         unhealthy.first()
     );
+}
+
+/// A delivery to more of a user's connections than one HMGET of their rows takes (the script
+/// reads and writes them in chunks of 2,000): each gets its next seq once, and keeps it.
+pub async fn a_delivery_to_more_connections_than_a_chunk_reaches_each_once() {
+    const MANY: usize = 4100;
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = MANY;
+    settings.limits.max_total = MANY;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    let stores = store.stores();
+    let o = Opened {
+        stores: stores.clone(),
+        bus: redis_bus(&url).await,
+        peer: None,
+        url: Some(url.clone()),
+        _keep: Box::new(()),
+    };
+    let c = &*stores.conns;
+    let mut ids = Vec::new();
+    for _ in 0..MANY {
+        let a = admit(c, "crowd", None).await;
+        c.activate(&a.id, a.replay_after).await.unwrap().unwrap();
+        ids.push(a.id);
+    }
+    let sockets = Sockets::new(&o).await;
+    for n in 1..=2u64 {
+        let d = send(c, Target::User("crowd"), n, &sockets).await;
+        assert_eq!((d.stored, d.delivered, d.seq), (MANY, MANY, n));
+        let mut got: Vec<(Uuid, u64)> = sockets
+            .seen()
+            .await
+            .into_iter()
+            .flat_map(|(_, to, _)| to.into_iter().map(|a| (a.id, a.seq)))
+            .collect();
+        got.sort();
+        let mut want: Vec<(Uuid, u64)> = ids.iter().map(|id| (*id, n)).collect();
+        want.sort();
+        assert!(
+            got == want,
+            "message {n}: each connection once, with seq {n}"
+        );
+    }
+    for id in [ids[0], ids[1999], ids[2000], ids[MANY - 1]] {
+        assert_eq!(seqs_of(&c.replay(&id, 0).await.unwrap()), vec![1, 2]);
+    }
+}
+
+/// A record stored before the delivery rows existed (its seq in its HASH, its replay bytes in
+/// `<list>:b`) is delivered to, bounded, resumed and removed as one stored since.
+pub async fn a_record_from_before_the_delivery_rows_carries_on(o: &Opened) {
+    let c = &*o.stores.conns;
+    let url = o.url.as_deref().expect("a Redis backend");
+    let a = connect(c, "old", None).await;
+    let sockets = Sockets::new(o).await;
+    for n in 1..=2 {
+        send(c, Target::Connection(&a.id), n, &sockets).await;
+    }
+    // Back to the layout of before: no row, seq in the record, bytes in their own key.
+    let mut r = raw(url).await;
+    let rows = "tether:{u:old}:d";
+    let row: String = ::redis::cmd("HGET")
+        .arg(rows)
+        .arg(a.id.to_string())
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let parts: Vec<&str> = row.split('|').collect();
+    assert_eq!(parts[0], "2", "the row holds the seq: {row}");
+    let key = format!("tether:{{u:old}}:c:{}", a.id);
+    let list = format!("tether:{{u:old}}:r:{}", a.id);
+    let _: () = ::redis::pipe()
+        .cmd("HDEL")
+        .arg(rows)
+        .arg(a.id.to_string())
+        .cmd("HSET")
+        .arg(&key)
+        .arg("seq")
+        .arg(parts[0])
+        .cmd("SET")
+        .arg(format!("{list}:b"))
+        .arg(parts[1])
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(c.replay(&a.id, 0).await.unwrap().len(), 2);
+    let d = send(c, Target::User("old"), 3, &sockets).await;
+    assert_eq!((d.stored, d.delivered, d.seq), (1, 1, 3));
+    for n in 4..=(crate::REPLAY as u64 + 2) {
+        send(c, Target::Connection(&a.id), n, &sockets).await;
+    }
+    let last = crate::REPLAY as u64 + 2;
+    assert_eq!(
+        seqs_of(&c.replay(&a.id, 0).await.unwrap()),
+        (3..=last).collect::<Vec<_>>(),
+        "bounded as ever"
+    );
+    c.finish(&a.id, Fate::Detach, None, None).await;
+    let req = ResumeRequest {
+        connection_id: a.id.to_string(),
+        token: a.resume_token.clone(),
+        last_seq: Some(last - 1),
+    };
+    let resumed = c
+        .admit(new_conn("old", None, Some(req)), NODE)
+        .await
+        .unwrap();
+    assert!(resumed.resumed && resumed.resume_error.is_none());
+    let act = c
+        .activate(&resumed.id, resumed.replay_after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs_of(&act.replay), vec![last]);
+    assert_eq!(act.record.seq, last);
+    c.remove(
+        &resumed.id,
+        &tether::protocol::Disconnect::replaced(),
+        EventType::Disconnected,
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = ::redis::cmd("KEYS")
+        .arg("tether:{u:old}*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "nothing of it is left: {left:?}");
 }

@@ -477,6 +477,70 @@ pub async fn the_replay_buffer_is_bounded_in_bytes_too(o: &Opened) {
     assert_eq!(seqs_of(&c.replay(&a.id, 0).await.unwrap()), vec![5]);
 }
 
+/// After every message, what a replay, a resume's "oldest kept seq" and the resumed
+/// connection's replay see is exactly what the bounds keep (the newest
+/// `replay_buffer_messages` frames, and of those the newest within `replay_buffer_bytes`),
+/// whatever the store holds besides (the Redis store trims a full list only every few
+/// messages).
+pub async fn the_replay_buffer_keeps_exactly_its_bounds_after_every_message(o: &Opened) {
+    let c = &*o.stores.conns;
+    let mut a = connect(c, "kit", None).await;
+    let sockets = Sockets::new(o).await;
+    let f = |u: &str, to: &[Assignment], t: &FrameTemplate| sockets.take(u, to, t);
+    // The frames the bounds keep, as (seq, rendered length).
+    let mut kept: std::collections::VecDeque<(u64, usize)> = Default::default();
+    for n in 1..=(4 * REPLAY as u64 + 3) {
+        let pad = if n % 3 == 0 {
+            REPLAY_BYTES / 2 - 20
+        } else {
+            10
+        };
+        let data = json!({"n": n, "pad": "p".repeat(pad)}).to_string();
+        let t = FrameTemplate::message(&data, "t");
+        kept.push_back((n, t.render(n).len()));
+        let d = c
+            .deliver(Target::Connection(&a.id), t, &f, true)
+            .await
+            .expect("delivered");
+        assert_eq!(d.seq, n);
+        while kept.len() > REPLAY
+            || (kept.len() > 1 && kept.iter().map(|k| k.1).sum::<usize>() > REPLAY_BYTES)
+        {
+            kept.pop_front();
+        }
+        let want: Vec<u64> = kept.iter().map(|k| k.0).collect();
+        assert_eq!(
+            seqs_of(&c.replay(&a.id, 0).await.unwrap()),
+            want,
+            "replay after message {n}"
+        );
+        c.finish(&a.id, Fate::Detach, None, None).await;
+        let req = ResumeRequest {
+            connection_id: a.id.to_string(),
+            token: a.resume_token.clone(),
+            last_seq: Some(0),
+        };
+        let r = c
+            .admit(new_conn("kit", None, Some(req)), NODE)
+            .await
+            .unwrap();
+        assert!(r.resumed, "after message {n}");
+        let first = want[0];
+        if first > 1 {
+            let why = r.resume_error.clone().unwrap_or_default();
+            assert!(
+                why.contains(&format!("the oldest kept seq is {first},")),
+                "after message {n}: {why}"
+            );
+        } else {
+            assert_eq!(r.resume_error, None, "after message {n}");
+        }
+        let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+        assert_eq!(seqs_of(&act.replay), want, "resumed after message {n}");
+        a = r;
+    }
+}
+
 pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "gus", None).await;

@@ -313,6 +313,7 @@ mod embedded {
         an_ack_trims_what_a_resume_replays,
         a_resume_with_an_old_last_seq_says_what_was_lost,
         the_replay_buffer_is_bounded_in_bytes_too,
+        the_replay_buffer_keeps_exactly_its_bounds_after_every_message,
         removes_by_id_by_user_and_by_session,
         migrates_to_a_new_id,
         detached_connections_go_after_the_grace_period,
@@ -347,6 +348,7 @@ mod redis {
         an_ack_trims_what_a_resume_replays,
         a_resume_with_an_old_last_seq_says_what_was_lost,
         the_replay_buffer_is_bounded_in_bytes_too,
+        the_replay_buffer_keeps_exactly_its_bounds_after_every_message,
         removes_by_id_by_user_and_by_session,
         migrates_to_a_new_id,
         detached_connections_go_after_the_grace_period,
@@ -378,6 +380,7 @@ mod redis {
         events_are_the_section_5_json_on_prefixed_channels,
         a_record_that_does_not_decode_is_an_error_naming_its_key,
         a_slow_subscriber_is_told_what_it_missed,
+        a_record_from_before_the_delivery_rows_carries_on,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,6 +410,11 @@ mod redis {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
         crate::cluster::a_probe_behind_a_busy_queue_is_not_an_outage().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_to_more_connections_than_a_chunk_reaches_each_once() {
+        crate::cluster::a_delivery_to_more_connections_than_a_chunk_reaches_each_once().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@
 //! | --- | --- | --- |
 //! | `P:{u:U}:conns` | ZSET | the user's connection ids by connectedAt |
 //! | `P:{u:U}:dc` | ZSET | the user's Detached connection ids by connectedAt (eviction's pick) |
-//! | `P:{u:U}:c:<id>` | HASH | a connection record (fields in `lua/common.lua`) |
+//! | `P:{u:U}:c:<id>` | HASH | a connection record (fields in `lua/common.lua`) but its seq |
+//! | `P:{u:U}:d` | HASH | the user's delivery rows: field `<id>`, `<seq>\|<replay bytes>\|<rk>\|<node>` |
 //! | `P:{u:U}:r:<rk>` | LIST | its replay buffer, `<seq>\|<kind>\|<rest>`, capped |
 //! | `P:{u:U}:sc:<sid>` | SET | connection ids linked to session `sid` |
 //! | `P:{u:U}:n` | HASH | the user's live and active counts |

@@ -5,18 +5,21 @@ local id = ARGV[6]
 local upto = tonumber(ARGV[7])
 local user = owner(id)
 if not user then return 0 end
-local key = conn_key(user, id)
-local f = redis.call('HMGET', key, 'seq', 'acked', 'rk')
-if not f[1] then return 0 end
-upto = math.min(upto, tonumber(f[1]))
-if upto <= tonumber(f[2]) then return 0 end
-redis.call('HSET', key, 'acked', int(upto))
-local rl = replay_key(user, f[3])
+local rec = load(user, id)
+if not rec then return 0 end
+upto = math.min(upto, tonumber(rec.seq))
+if upto <= tonumber(rec.acked) then return 0 end
+redis.call('HSET', conn_key(user, id), 'acked', int(upto))
+local rl = replay_key(user, rec.rk)
+local rb = tonumber(rec.rb)
 local n = 0
 while true do
   local first = redis.call('LINDEX', rl, 0)
   if not first or entry_seq(first) > upto then break end
-  replay_pop(rl)
+  redis.call('LPOP', rl)
+  rb = rb - frame_len(first)
   n = n + 1
 end
+redis.call('HSET', rows_key(user), id,
+  row_string(rec.seq, math.max(rb, 0), rec.rk, deliver_node(rec)))
 return n

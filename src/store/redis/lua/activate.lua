@@ -19,7 +19,7 @@ store(user, rec)
 account(before, rec)
 
 local replay = {}
-for _, e in ipairs(redis.call('LRANGE', replay_key(user, rec.rk), 0, -1)) do
+for _, e in ipairs(replay_view(replay_key(user, rec.rk))) do
   if entry_seq(e) > after then replay[#replay + 1] = e end
 end
 return cjson.encode({rec = rec, replay = replay})

@@ -53,7 +53,14 @@ end
 
 if old then
   local seq = tonumber(old.seq)
-  local first = redis.call('LINDEX', replay_key(user, old.rk), 0)
+  local rl = replay_key(user, old.rk)
+  -- The oldest frame kept: the list's first, unless it holds more than it keeps.
+  local first
+  if REPLAY > 0 and tonumber(old.rb) <= REPLAY_BYTES and redis.call('LLEN', rl) <= REPLAY then
+    first = redis.call('LINDEX', rl, 0)
+  else
+    first = replay_view(rl)[1]
+  end
   local first_kept = (first and entry_seq(first)) or (seq + 1)
   local notes = {}
   local after

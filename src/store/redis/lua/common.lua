@@ -9,9 +9,17 @@
 -- ''), state (authenticated | active | detached), node (holder of the socket, '' while
 -- detached), ca (connectedAt), exp (expiresAt), da (detachedAt, absent unless detached), ip,
 -- ua, cv (client version, absent when none), ctype (websocket | sse), perms (JSON array),
--- mpm, rlr, rlc (rate limit), la (lastActivity), rh (resume token hash, hex), seq, acked,
--- rk (the replay list's name: the connection's first id), ep (the store epoch it was
--- written in).
+-- mpm, rlr, rlc (rate limit), la (lastActivity), rh (resume token hash, hex), acked, rk
+-- (the replay list's name: the connection's first id), ep (the store epoch it was written
+-- in).
+--
+-- What a delivery reads and writes of each connection is not in its record but in one row of
+-- the user's rows HASH (`rows_key`, field the connection id, see `row_string`): its seq, the
+-- bytes its replay list holds, rk, and the node to deliver to. A delivery to all of a user's
+-- connections reads them all with one HMGET and writes them back with one HSET (per chunk),
+-- instead of four calls per connection; only its replay entry is per connection. `load` puts
+-- seq and rb (the replay bytes) into the record it returns, and `store` writes them (and the
+-- rest of the row, from the record) to the row, never to the record's HASH.
 
 local P = ARGV[1]
 -- Now, by Redis's clock: leases, detach times and expiries compare one clock, whatever the
@@ -39,16 +47,30 @@ local function conns_key(user) return utag(user) .. ':conns' end
 local function detached_key(user) return utag(user) .. ':dc' end
 local function conn_key(user, id) return utag(user) .. ':c:' .. id end
 local function replay_key(user, rk) return utag(user) .. ':r:' .. rk end
+-- Where data written before the rows existed kept a replay list's bytes. Read for a
+-- connection that has no row yet (see `load`), deleted with its list.
+local function replay_bytes_key(rl) return rl .. ':b' end
 -- The bytes a replay list holds, for `replay_buffer_bytes`: each entry counts as the frame it
 -- renders (`{"type":"<kind>","seq":<seq>,<rest>`, 16 bytes more than `<seq>|<kind>|<rest>`).
-local function replay_bytes_key(rl) return rl .. ':b' end
 local function frame_len(e) return #e + 16 end
 
--- Drops a replay list's oldest entry, and its bytes from the count.
-local function replay_pop(rl)
-  local e = redis.call('LPOP', rl)
-  if e then redis.call('DECRBY', replay_bytes_key(rl), frame_len(e)) end
-  return e
+-- The user's delivery rows: field connection id, value `<seq>|<rb>|<rk>|<node>`, where rb
+-- is the bytes its replay list holds and node the node to deliver to ('' while Detached).
+local function rows_key(user) return utag(user) .. ':d' end
+-- `seq` is a string already (`int`), `rb` a number.
+local function row_string(seq, rb, rk, node)
+  return seq .. '|' .. int(rb) .. '|' .. rk .. '|' .. node
+end
+-- seq, rb, rk, node of a row (nil when it does not parse).
+local function parse_row(s)
+  local seq, rb, rk, node = string.match(s, '^(%d+)|(%d+)|([^|]*)|(.*)$')
+  if not seq then return nil end
+  return tonumber(seq), tonumber(rb), rk, node
+end
+-- The node a delivery to this record goes to: '' while Detached.
+local function deliver_node(rec)
+  if rec.state == 'detached' or not rec.node then return '' end
+  return rec.node
 end
 local function session_conns_key(user, sid) return utag(user) .. ':sc:' .. sid end
 local function user_counts_key(user) return utag(user) .. ':n' end
@@ -87,8 +109,22 @@ local function copy(t)
   return c
 end
 
+-- A record with its seq and rb (replay bytes) from its row. A record stored before the rows
+-- existed has its seq in its HASH and its bytes in their own key; its row is written when it
+-- is next stored or delivered to.
 local function load(user, id)
-  return hgetall(conn_key(user, id))
+  local rec = hgetall(conn_key(user, id))
+  if not rec then return nil end
+  local row = redis.call('HGET', rows_key(user), id)
+  if row then
+    local seq, rb = parse_row(row)
+    -- One that does not parse is left as it is, for the record's decoding to name.
+    rec.seq = (seq and int(seq)) or row
+    rec.rb = (rb and int(rb)) or '0'
+  else
+    rec.rb = redis.call('GET', replay_bytes_key(replay_key(user, rec.rk or ''))) or '0'
+  end
+  return rec
 end
 
 -- The user a connection id belongs to, from its locator.
@@ -147,11 +183,17 @@ local function store(user, rec)
   local key = conn_key(user, rec.id)
   local flat = {}
   for k, v in pairs(rec) do
-    flat[#flat + 1] = k
-    flat[#flat + 1] = v
+    if k ~= 'seq' and k ~= 'rb' then
+      flat[#flat + 1] = k
+      flat[#flat + 1] = v
+    end
   end
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(flat))
+  -- rec.seq as it is: one that does not parse makes a row that does not either, for the
+  -- record's decoding to name.
+  redis.call('HSET', rows_key(user), rec.id,
+    row_string(rec.seq or '', tonumber(rec.rb) or 0, rec.rk, deliver_node(rec)))
   redis.call('ZADD', conns_key(user), rec.ca, rec.id)
   if rec.state == 'detached' then
     redis.call('ZADD', detached_key(user), rec.ca, rec.id)
@@ -172,6 +214,7 @@ end
 -- the counters.
 local function unindex(user, rec)
   redis.call('DEL', conn_key(user, rec.id))
+  redis.call('HDEL', rows_key(user), rec.id)
   redis.call('ZREM', conns_key(user), rec.id)
   redis.call('ZREM', detached_key(user), rec.id)
   redis.call('DEL', locator_key(rec.id))
@@ -217,46 +260,125 @@ local function entry_seq(e)
   return tonumber(string.match(e, '^(%d+)|'))
 end
 
+-- How many frames past `replay_buffer_messages` a replay list may hold before a delivery
+-- trims it: then one LRANGE and one LTRIM take them all, instead of one LPOP per delivery
+-- once the list is full. No reader sees them (`replay_view`).
+-- (The events script passes no bounds.)
+local REPLAY_SLACK = math.max(1, math.floor((REPLAY or 0) / 8))
+
+-- The frames a replay list keeps, oldest first: its newest `replay_buffer_messages`, and of
+-- those the newest that fit in `replay_buffer_bytes` (the newest always), as the embedded
+-- store keeps them. The list may hold more: up to REPLAY_SLACK older frames (see `deliver`),
+-- and more bytes after a restart with smaller bounds.
+local function replay_view(rl)
+  if REPLAY <= 0 then return {} end
+  local es = redis.call('LRANGE', rl, -REPLAY, -1)
+  local from, bytes = #es + 1, 0
+  while from > 1 do
+    local b = bytes + frame_len(es[from - 1])
+    if b > REPLAY_BYTES and from <= #es then break end
+    bytes = b
+    from = from - 1
+  end
+  if from == 1 then return es end
+  local kept = {}
+  for i = from, #es do kept[#kept + 1] = es[i] end
+  return kept
+end
+
+-- How many connections a delivery reads and writes per HMGET and HSET: Lua's `unpack` takes
+-- at most about 8,000 values, and the HSET takes two per connection.
+local ROWS_CHUNK = 2000
+
+-- The score (connectedAt) of each of `ids` in the user's conns index, in their order (false
+-- for one not in it): one ZMSCORE per ROWS_CHUNK ids, not one ZSCORE each.
+local function conn_scores(user, ids)
+  local out = {}
+  for from = 1, #ids, ROWS_CHUNK do
+    local to = math.min(from + ROWS_CHUNK - 1, #ids)
+    local got = redis.call('ZMSCORE', conns_key(user), unpack(ids, from, to))
+    for i = from, to do out[i] = got[i - from + 1] end
+  end
+  return out
+end
+
 -- Gives each connection in `ids` (all `user`'s) its next seq for one frame, keeps the frame
 -- in its replay list, and publishes one Deliver command per node that holds some of their
 -- sockets. `tail` is the command's JSON after its assignments (`"kind":…,"rest":…}`).
+--
+-- Per connection only its replay entry is a call of its own (an RPUSH; an LPOP for a frame
+-- past `replay_buffer_bytes`; once every REPLAY_SLACK deliveries to a full list, an LRANGE
+-- and an LTRIM of the frames past `replay_buffer_messages`): the seqs, byte counts and nodes
+-- are read with one HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK
+-- connections.
 local function deliver(user, ids, kind, rest, tail)
   local nodes, order = {}, {}
   local stored, delivered, last = 0, 0, 0
-  for _, id in ipairs(ids) do
-    local key = conn_key(user, id)
-    local f = redis.call('HMGET', key, 'state', 'node', 'rk')
-    if f[1] then
-      local seq = redis.call('HINCRBY', key, 'seq', 1)
-      local rl = replay_key(user, f[3])
-      if REPLAY > 0 then
-        local entry = int(seq) .. '|' .. kind .. '|' .. rest
-        -- RPUSH answers the list's new length: no LLEN (this loop runs once per target
-        -- connection, so each call in it counts).
-        local len = redis.call('RPUSH', rl, entry)
-        local bytes = redis.call('INCRBY', replay_bytes_key(rl), frame_len(entry))
-        -- Oldest first, past either bound; the newest is always kept.
-        while len > 1 and (len > REPLAY or bytes > REPLAY_BYTES) do
-          local e = replay_pop(rl)
-          if not e then break end
-          bytes = bytes - frame_len(e)
-          len = len - 1
-        end
+  local rows = rows_key(user)
+  local lists = utag(user) .. ':r:'
+  -- An entry is `<seq>` and this.
+  local body = '|' .. kind .. '|' .. rest
+  local body_len = #body + 16
+  for from = 1, #ids, ROWS_CHUNK do
+    local to = math.min(from + ROWS_CHUNK - 1, #ids)
+    local got = redis.call('HMGET', rows, unpack(ids, from, to))
+    local out = {}
+    for i = from, to do
+      local id = ids[i]
+      local row = got[i - from + 1]
+      local seq, rb, rk, node
+      if row then
+        seq, rb, rk, node = parse_row(row)
       else
-        redis.call('DEL', rl, replay_bytes_key(rl))
-      end
-      stored = stored + 1
-      last = seq
-      if f[1] ~= 'detached' and f[2] and f[2] ~= '' then
-        delivered = delivered + 1
-        if not nodes[f[2]] then
-          nodes[f[2]] = {}
-          order[#order + 1] = f[2]
+        -- No row: no record, or one stored before the rows existed.
+        local rec = load(user, id)
+        if rec then
+          seq, rb, rk, node = tonumber(rec.seq), tonumber(rec.rb), rec.rk, deliver_node(rec)
         end
-        local list = nodes[f[2]]
-        list[#list + 1] = '["' .. id .. '",' .. int(seq) .. ']'
+      end
+      if seq then
+        seq = seq + 1
+        local rl = lists .. rk
+        local s = int(seq)
+        if REPLAY > 0 then
+          -- RPUSH answers the list's new length: no LLEN.
+          local len = redis.call('RPUSH', rl, s .. body)
+          rb = rb + #s + body_len
+          -- Oldest first: past the bytes bound at once (the newest is always kept), past
+          -- the count by REPLAY_SLACK. What goes is never in `replay_view`.
+          if len > REPLAY + REPLAY_SLACK then
+            local n = len - REPLAY
+            for _, e in ipairs(redis.call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
+            redis.call('LTRIM', rl, n, -1)
+            len = REPLAY
+          end
+          while len > 1 and rb > REPLAY_BYTES do
+            local e = redis.call('LPOP', rl)
+            if not e then break end
+            rb = rb - frame_len(e)
+            len = len - 1
+          end
+        elseif rb > 0 then
+          redis.call('DEL', rl, replay_bytes_key(rl))
+          rb = 0
+        end
+        out[#out + 1] = id
+        out[#out + 1] = row_string(s, rb, rk, node)
+        stored = stored + 1
+        last = seq
+        if node ~= '' then
+          delivered = delivered + 1
+          local list = nodes[node]
+          if not list then
+            list = {}
+            nodes[node] = list
+            order[#order + 1] = node
+          end
+          list[#list + 1] = '["' .. id .. '",' .. s .. ']'
+        end
       end
     end
+    if #out > 0 then redis.call('HSET', rows, unpack(out)) end
   end
   for _, node in ipairs(order) do
     redis.call('PUBLISH', P .. ':node:' .. node, '{"command":"deliver","user":' ..

@@ -21,9 +21,10 @@ else
   if user then
     -- In connection order, so a fan-out is assigned as the embedded store assigns it.
     local members = redis.call('SMEMBERS', session_conns_key(user, what))
+    local scores = conn_scores(user, members)
     local ca = {}
-    for _, id in ipairs(members) do
-      local s = redis.call('ZSCORE', conns_key(user), id)
+    for i, id in ipairs(members) do
+      local s = scores[i]
       if s then
         ca[id] = tonumber(s)
         if id ~= except then ids[#ids + 1] = id end

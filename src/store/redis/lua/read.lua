@@ -26,7 +26,7 @@ elseif mode == 'replay' then
   if not rk then return '{}' end
   local after = tonumber(ARGV[8])
   local replay = {}
-  for _, e in ipairs(redis.call('LRANGE', replay_key(user, rk), 0, -1)) do
+  for _, e in ipairs(replay_view(replay_key(user, rk))) do
     if entry_seq(e) > after then replay[#replay + 1] = e end
   end
   return cjson.encode({replay = replay})
@@ -34,8 +34,10 @@ else
   local user = session_owner(what)
   if not user then return '{"ids":[]}' end
   local ids = {}
-  for _, id in ipairs(redis.call('SMEMBERS', session_conns_key(user, what))) do
-    local s = redis.call('ZSCORE', conns_key(user), id)
+  local members = redis.call('SMEMBERS', session_conns_key(user, what))
+  local scores = conn_scores(user, members)
+  for i, id in ipairs(members) do
+    local s = scores[i]
     if s then ids[#ids + 1] = {id, s} end
   end
   table.sort(ids, function(a, b)

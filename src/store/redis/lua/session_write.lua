@@ -43,8 +43,10 @@ if mode == 'update' then
   local except = ARGV[13]
   local ids = {}
   local ca = {}
-  for _, id in ipairs(redis.call('SMEMBERS', session_conns_key(user, sid))) do
-    local score = redis.call('ZSCORE', conns_key(user), id)
+  local members = redis.call('SMEMBERS', session_conns_key(user, sid))
+  local scores = conn_scores(user, members)
+  for i, id in ipairs(members) do
+    local score = scores[i]
     if score and id ~= except then
       ca[id] = tonumber(score)
       ids[#ids + 1] = id
