@@ -7,7 +7,8 @@ so that both see the same machine, and the median of each figure with its ratio 
     python3 benches/ab.py --a /tmp/base/target/release/tether --b target/release/tether
 
 The scenarios are the architecture change's acceptance figures: RSS per idle connection
-at 15,000 (`connect --n 15000 --rate 5000`), fan-out delivery p99 and CPU per frame
+at 15,000 (`connect --n 15000 --rate 5000`; `--only idle15k-slow` opens them at 1,000/s, and
+`--only burst5k` measures 5,000 opened 200 at a time), fan-out delivery p99 and CPU per frame
 (`fanout --users 1 --per-user 10000 --messages 30 --interval-ms 300`), and batched
 connects/s with CPU per connect (`connect --n 10000 --rate 10000 --durability batched`).
 Prints a Markdown table, the date and the load average before and after; --json writes

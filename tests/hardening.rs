@@ -521,11 +521,17 @@ impl RawWs {
     /// Sends `request` (an upgrade request without its final blank line) and returns the
     /// status line and headers of the answer.
     async fn request(server: &Server, request: &str) -> (RawWs, String) {
+        RawWs::request_with(server, request, &[]).await
+    }
+
+    /// [`RawWs::request`], with `early` (WebSocket frames) in the same write, right after
+    /// the request: a client that does not wait for the 101.
+    async fn request_with(server: &Server, request: &str, early: &[u8]) -> (RawWs, String) {
         use tokio::io::AsyncWriteExt;
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(format!("{request}\r\n").as_bytes())
-            .await
-            .unwrap();
+        let mut bytes = format!("{request}\r\n").into_bytes();
+        bytes.extend_from_slice(early);
+        tcp.write_all(&bytes).await.unwrap();
         let mut ws = RawWs {
             tcp,
             buf: Vec::new(),
@@ -652,6 +658,12 @@ impl RawWs {
     /// it unmasked.
     async fn write(&mut self, first: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
         use tokio::io::AsyncWriteExt;
+        let f = RawWs::frame(first, mask, payload);
+        self.tcp.write_all(&f).await.unwrap();
+    }
+
+    /// One frame's bytes, exactly as given (see [`RawWs::write`]).
+    fn frame(first: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![first];
         let m = if mask.is_some() { 0x80 } else { 0 };
         match payload.len() {
@@ -672,11 +684,37 @@ impl RawWs {
             }
             None => f.extend_from_slice(payload),
         }
-        self.tcp.write_all(&f).await.unwrap();
+        f
     }
 }
 
 const MASK: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
+
+/// A client may send its first frames right behind the upgrade request, before the 101:
+/// what the HTTP server read past the request is the WebSocket's first bytes, answered after
+/// the welcome.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_answered_after_the_welcome() {
+    let server = Server::start(&[]).await;
+    let query = format!("token={}", server.token("early", json!({})));
+    let req = RawWs::upgrade(&server, &query, "HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==");
+    let ping = RawWs::frame(0x81, MASK, br#"{"type":"ping","id":7}"#);
+    let (mut ws, head) = RawWs::request_with(&server, &req, &ping).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        match ws.read().await {
+            RawFrame::Text(t) => frames.push(serde_json::from_str::<Value>(&t).unwrap()),
+            other => panic!("expected a text frame after {frames:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(frames[0]["type"], "welcome", "{frames:?}");
+    assert_eq!(
+        (frames[1]["type"].clone(), frames[1]["id"].clone()),
+        (json!("pong"), json!(7)),
+        "{frames:?}"
+    );
+}
 
 #[tokio::test]
 async fn protocol_violations_close_1002_or_1007_and_remove_the_connection() {

@@ -189,6 +189,11 @@ pub async fn handle<B>(
             return;
         };
         let (read, write) = parts.io.into_inner().into_inner().into_split();
+        // What hyper read past the request is a view into its whole read buffer (8 KiB or
+        // more): copy the few bytes out and let the buffer go now, not when the handshake
+        // is done, so that a burst of handshakes in flight holds less.
+        let early = parts.read_buf.to_vec();
+        drop(parts.read_buf);
         let handle = Handle::new(
             Outbox::new(
                 Box::new(wire::TcpTransport::new(write)),
@@ -201,13 +206,8 @@ pub async fn handle<B>(
             read,
             handle: handle.clone(),
         };
-        let mut ws = WebSocketStream::from_partially_read(
-            duplex,
-            parts.read_buf.to_vec(),
-            Role::Server,
-            Some(config),
-        )
-        .await;
+        let mut ws =
+            WebSocketStream::from_partially_read(duplex, early, Role::Server, Some(config)).await;
         if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs, pending).await {
             tokio::spawn(conn::serve(node, ws, handle, attached, guard));
         }
