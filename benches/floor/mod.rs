@@ -2,7 +2,7 @@
 //! the same load generator client so that tether's figures can be read as a ratio to it.
 //!
 //! - [`ws`]: the bare upgrade (`101` and a small `welcome` in one write; no auth, no store)
-//!   and the held connection, read by tungstenite with tether's 256-byte buffer.
+//!   and the held connection, read by tungstenite with tether's 128-byte buffer.
 //! - [`fanout`]: the sockets of each user, and `POST /v1/users/{id}/messages` as one frame
 //!   per socket, each its own `sendmsg`, spread over the cores as tether spreads it.
 //! - [`http`]: just enough HTTP/1.1 for the generator's requests.

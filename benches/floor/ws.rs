@@ -3,7 +3,7 @@
 //! The upgrade is one write: the `101` and the `welcome` frame together. Nothing is checked
 //! but what RFC 6455 needs for the accept key; the token is not verified, only its `sub` is
 //! read, to know whose sockets a message goes to. After it tungstenite reads the client's
-//! frames with tether's settings (256-byte read buffer, no write buffer), which is what lets
+//! frames with tether's settings (128-byte read buffer, no write buffer), which is what lets
 //! the client close cleanly; the floor itself writes only in a fan-out.
 
 use std::io;
@@ -24,7 +24,7 @@ use super::fanout::{Peer, Sockets};
 use super::http::Request;
 
 /// tether's read buffer (`READ_BUFFER` in `src/transport/ws/mod.rs`).
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 
 /// tether's `WebSocketConfig` for a socket, with its default message limit (64 KiB).
 fn config() -> WebSocketConfig {
