@@ -11,12 +11,10 @@ use tether::bus::{BusEvent, Channel, Received, SessionEvent, Topic};
 use tether::model::{EventType, Source};
 use tether::protocol::{Fate, FrameTemplate};
 use tether::store::redis::RedisStore;
-use tether::store::{
-    AdmitError, NewSession, ResumeRequest, SessionPatch, StoreAdmin, StoreError, Target,
-};
+use tether::store::{AdmitError, NewSession, SessionPatch, StoreAdmin, StoreError, Target};
 use tether::time::parse_rfc3339;
 
-use crate::conns::{admit, connect, new_conn, send, seqs_of, Sockets};
+use crate::conns::{admit, connect, new_conn, resume, send, seqs_of, Sockets};
 use crate::{open_redis, redis_bus, subscribe_on, Opened, RedisServer, NODE};
 
 async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
@@ -55,15 +53,7 @@ pub async fn a_client_ahead_of_the_store_resumes_and_no_seq_is_reused(o: &Opened
         send(c, Target::Connection(&a.id), n, &sockets).await;
     }
     c.finish(&a.id, Fate::Detach, None, None).await;
-    let req = ResumeRequest {
-        connection_id: a.id.to_string(),
-        token: a.resume_token.clone(),
-        last_seq: Some(5),
-    };
-    let r = c
-        .admit(new_conn("tia", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let r = resume(c, &a, "tia", Some(5)).await;
     assert!(r.resumed);
     let why = r.resume_error.expect("says the store lost messages");
     assert!(why.contains("lost"), "{why}");
@@ -332,15 +322,7 @@ pub async fn acknowledged_writes_survive_a_redis_crash_with_aof() {
     })
     .await;
     assert!(!store.epoch_changed(), "the same data, the same epoch");
-    let req = ResumeRequest {
-        connection_id: a.id.to_string(),
-        token: a.resume_token.clone(),
-        last_seq: Some(0),
-    };
-    let r = c
-        .admit(new_conn("xan", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let r = resume(c, &a, "xan", Some(0)).await;
     assert!(r.resumed);
     assert!(r.resume_error.is_none(), "{:?}", r.resume_error);
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
@@ -658,15 +640,7 @@ pub async fn a_record_from_before_the_delivery_rows_carries_on(o: &Opened) {
         "bounded as ever"
     );
     c.finish(&a.id, Fate::Detach, None, None).await;
-    let req = ResumeRequest {
-        connection_id: a.id.to_string(),
-        token: a.resume_token.clone(),
-        last_seq: Some(last - 1),
-    };
-    let resumed = c
-        .admit(new_conn("old", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let resumed = resume(c, &a, "old", Some(last - 1)).await;
     assert!(resumed.resumed && resumed.resume_error.is_none());
     let act = c
         .activate(&resumed.id, resumed.replay_after)

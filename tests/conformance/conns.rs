@@ -60,6 +60,23 @@ pub async fn admit(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> A
 }
 
 /// Admits and activates a connection, as a connect does.
+/// Admits a resume of `old` for `user_id` from `last_seq` with its token, on [`NODE`].
+pub async fn resume(
+    c: &dyn ConnStore,
+    old: &Admitted,
+    user_id: &str,
+    last_seq: Option<u64>,
+) -> Admitted {
+    let req = ResumeRequest {
+        connection_id: old.id.to_string(),
+        token: old.resume_token.clone(),
+        last_seq,
+    };
+    c.admit(new_conn(user_id, None, Some(req)), NODE)
+        .await
+        .unwrap()
+}
+
 pub async fn connect(c: &dyn ConnStore, user_id: &str, session: Option<&str>) -> Admitted {
     let a = admit(c, user_id, session).await;
     c.activate(&a.id, a.replay_after)
@@ -390,15 +407,7 @@ pub async fn delivers_each_connection_its_own_seq_and_keeps_it_for_replay(o: &Op
         vec![Assignment { id: a.id, seq: 3 }]
     );
     // Resumed from lastSeq 1, b gets 2 and 3 (messages 3 and 4), in order.
-    let req = ResumeRequest {
-        connection_id: b.id.to_string(),
-        token: b.resume_token.clone(),
-        last_seq: Some(1),
-    };
-    let r = c
-        .admit(new_conn("eve", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let r = resume(c, &b, "eve", Some(1)).await;
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
     assert_eq!(seqs_of(&act.replay), vec![2, 3]);
     let data: Vec<u64> = act.replay.iter().map(|(_, f)| data_n(f)).collect();
@@ -420,15 +429,7 @@ pub async fn an_ack_trims_what_a_resume_replays(o: &Opened) {
     c.ack(&a.id, 2).await.unwrap();
     c.finish(&a.id, Fate::Detach, None, None).await;
     // No lastSeq: everything not acked.
-    let req = ResumeRequest {
-        connection_id: a.id.to_string(),
-        token: a.resume_token.clone(),
-        last_seq: None,
-    };
-    let r = c
-        .admit(new_conn("fay", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let r = resume(c, &a, "fay", None).await;
     let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
     assert_eq!(seqs_of(&act.replay), vec![3]);
 }
@@ -515,15 +516,7 @@ pub async fn the_replay_buffer_keeps_exactly_its_bounds_after_every_message(o: &
             "replay after message {n}"
         );
         c.finish(&a.id, Fate::Detach, None, None).await;
-        let req = ResumeRequest {
-            connection_id: a.id.to_string(),
-            token: a.resume_token.clone(),
-            last_seq: Some(0),
-        };
-        let r = c
-            .admit(new_conn("kit", None, Some(req)), NODE)
-            .await
-            .unwrap();
+        let r = resume(c, &a, "kit", Some(0)).await;
         assert!(r.resumed, "after message {n}");
         let first = want[0];
         if first > 1 {
@@ -550,15 +543,7 @@ pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {
         send(c, Target::Connection(&a.id), n, &sockets).await;
     }
     c.finish(&a.id, Fate::Detach, None, None).await;
-    let req = ResumeRequest {
-        connection_id: a.id.to_string(),
-        token: a.resume_token.clone(),
-        last_seq: Some(0),
-    };
-    let r = c
-        .admit(new_conn("gus", None, Some(req)), NODE)
-        .await
-        .unwrap();
+    let r = resume(c, &a, "gus", Some(0)).await;
     assert!(r.resumed, "resumed, with what is kept");
     let why = r.resume_error.clone().expect("says messages were lost");
     assert!(why.contains("lost"), "{why}");
