@@ -37,6 +37,8 @@ mod fleet;
 mod floor;
 #[path = "load/kill.rs"]
 mod kill;
+#[path = "load/raw.rs"]
+mod raw;
 #[path = "load/redis_server.rs"]
 mod redis_server;
 #[path = "load/scenarios.rs"]

@@ -269,6 +269,11 @@ pub struct FanoutArgs {
     pub deliver_timeout_secs: u64,
     #[arg(long, default_value = "fan")]
     pub user_prefix: String,
+    /// Reader threads that take every connection after its welcome and read all of them
+    /// with one epoll each, parsing frames by hand (0: a tokio task per connection with
+    /// tungstenite, which costs the generator about twice the CPU a frame).
+    #[arg(long, default_value_t = 1)]
+    pub readers: usize,
 }
 
 #[derive(Args, Debug, Clone)]

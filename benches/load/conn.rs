@@ -4,6 +4,7 @@
 //! answers the server's pings), records what it sees into the pool's shared
 //! `Stats`, and obeys the pool's command (hold / close / resume).
 
+use crate::raw::RawReaders;
 use crate::util::{self, now_ns, pct, R};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -74,6 +75,10 @@ pub struct ConnParams {
     /// At most this many first connects waiting for their welcome at once (0: no limit):
     /// opening then goes as fast as the server admits, whatever the rate.
     pub max_connecting: usize,
+    /// Hand each connection after its welcome to this many raw reader threads (0: every
+    /// connection keeps its task). See `raw.rs`; a connection with a close timer, a tap or
+    /// an order log keeps its task.
+    pub raw_readers: usize,
 }
 
 impl ConnParams {
@@ -86,6 +91,7 @@ impl ConnParams {
             resume_from_received: false,
             track_order: false,
             max_connecting: 0,
+            raw_readers: 0,
         }
     }
 
@@ -285,14 +291,14 @@ pub struct Stats {
     attempts: AtomicU64,
     opened: AtomicU64,
     failed: AtomicU64,
-    open_now: AtomicI64,
-    finished: AtomicU64,
+    pub(crate) open_now: AtomicI64,
+    pub(crate) finished: AtomicU64,
     /// What every received frame updates, one stripe per worker thread: the two threads of
     /// a load process must not fight over one cache line per frame.
     hot: Box<[Hot]>,
-    server_closed: AtomicU64,
-    clean_closed: AtomicU64,
-    unclean_closed: AtomicU64,
+    pub(crate) server_closed: AtomicU64,
+    pub(crate) clean_closed: AtomicU64,
+    pub(crate) unclean_closed: AtomicU64,
     resume_attempts: AtomicU64,
     resumed: AtomicU64,
     fresh: AtomicU64,
@@ -615,7 +621,7 @@ async fn clean_close(ws: &mut Ws, stats: &Stats) {
 }
 
 /// State carried across a server restart.
-struct Identity {
+pub(crate) struct Identity {
     connection_id: String,
     resume_token: String,
     welcome_seq: u64,
@@ -654,14 +660,14 @@ struct SentAt {
 }
 
 /// Where a connection records the frames it receives.
-struct Seen<'a> {
-    stats: &'a Stats,
-    tap: Option<&'a mpsc::UnboundedSender<Tap>>,
-    idx: usize,
+pub(crate) struct Seen<'a> {
+    pub(crate) stats: &'a Stats,
+    pub(crate) tap: Option<&'a mpsc::UnboundedSender<Tap>>,
+    pub(crate) idx: usize,
 }
 
 impl Seen<'_> {
-    fn frame(
+    pub(crate) fn frame(
         &self,
         text: &str,
         at: u64,
@@ -738,6 +744,7 @@ pub async fn run_conn(
     mut cmd: watch::Receiver<Cmd>,
     tap: Option<mpsc::UnboundedSender<Tap>>,
     gate: Option<Arc<Semaphore>>,
+    raw: Option<Arc<RawReaders>>,
 ) {
     // Held until the first connect has its outcome.
     let mut permit = match gate {
@@ -844,7 +851,20 @@ pub async fn run_conn(
             });
         }
 
-        // ---- read loop
+        // ---- read loop, here or in a raw reader
+        if let Some(raw) = &raw {
+            if spec.close_after.is_none() && tap.is_none() && order.log.is_none() {
+                match ws.into_inner().into_std() {
+                    Ok(sock) => raw.adopt(spec.idx, sock),
+                    Err(e) => {
+                        stats.error(format!("raw:into_std_{}", io_kind(&e)));
+                        stats.open_now.fetch_sub(1, Relaxed);
+                        stats.finished.fetch_add(1, Relaxed);
+                    }
+                }
+                return;
+            }
+        }
         let close_at = spec.close_after.map(|d| Instant::now() + d);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
         let timer = sleep_until(close_at.unwrap_or(far));
@@ -982,6 +1002,7 @@ pub struct Pool {
     pacer: Option<JoinHandle<()>>,
     resume_gen: u32,
     gate: Option<Arc<Semaphore>>,
+    raw: Option<Arc<RawReaders>>,
 }
 
 impl Pool {
@@ -989,9 +1010,21 @@ impl Pool {
         let (cmd_tx, _) = watch::channel(Cmd::Hold);
         let gate =
             (params.max_connecting > 0).then(|| Arc::new(Semaphore::new(params.max_connecting)));
+        let stats = Arc::new(Stats::new());
+        let raw = (params.raw_readers > 0).then(|| {
+            match RawReaders::start(params.raw_readers, stats.clone()) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    // The connections keep their tasks; the figures say why.
+                    stats.error(format!("raw:start_{}", io_kind(&e)));
+                    None
+                }
+            }
+        });
         Pool {
             gate,
-            stats: Arc::new(Stats::new()),
+            raw: raw.flatten(),
+            stats,
             params: Arc::new(params),
             cmd_tx,
             handles: Arc::new(Mutex::new(Vec::new())),
@@ -1009,6 +1042,7 @@ impl Pool {
             self.cmd_tx.subscribe(),
             tap,
             self.gate.clone(),
+            self.raw.clone(),
         ));
         self.handles.lock().unwrap().push(h);
     }
@@ -1021,6 +1055,7 @@ impl Pool {
         let cmd_tx = self.cmd_tx.clone();
         let handles = self.handles.clone();
         let gate = self.gate.clone();
+        let raw = self.raw.clone();
         self.pacer = Some(tokio::spawn(async move {
             let mut tokens: BTreeMap<String, String> = BTreeMap::new();
             let specs = (plan.start..plan.start + plan.count).map(|i| {
@@ -1053,6 +1088,7 @@ impl Pool {
                     cmd_tx.subscribe(),
                     None,
                     gate.clone(),
+                    raw.clone(),
                 ));
                 handles.lock().unwrap().push(h);
                 spawned += 1;
@@ -1100,6 +1136,9 @@ impl Pool {
                 abort.abort();
                 self.stats.error("close:task_timeout");
             }
+        }
+        if let Some(raw) = &self.raw {
+            raw.close_all(within).await;
         }
     }
 

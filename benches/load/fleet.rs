@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub resume_from_received: bool,
     pub track_order: bool,
     pub max_connecting: usize,
+    #[serde(default)]
+    pub raw_readers: usize,
     pub plan: OpenPlan,
 }
 
@@ -51,6 +53,8 @@ pub struct FleetPlan {
     /// At most this many connects waiting for their welcome at once, in each process
     /// (0: no limit).
     pub max_connecting: usize,
+    /// Raw reader threads in each process (0: a task per connection reads it).
+    pub raw_readers: usize,
     /// At most this many connections in one process.
     pub per_process: usize,
     /// Workers bind 127.0.0.{first_src_octet + w}.
@@ -97,6 +101,7 @@ impl Fleet {
                 resume_from_received: plan.resume_from_received,
                 track_order: plan.track_order,
                 max_connecting: plan.max_connecting,
+                raw_readers: plan.raw_readers,
             });
             pool.start_opening(OpenPlan {
                 start: 0,
@@ -140,6 +145,7 @@ impl Fleet {
                 resume_from_received: plan.resume_from_received,
                 track_order: plan.track_order,
                 max_connecting: plan.max_connecting,
+                raw_readers: plan.raw_readers,
                 plan: OpenPlan {
                     start,
                     count: end - start,
@@ -160,6 +166,17 @@ impl Fleet {
             Fleet::Local(_) => 0,
             Fleet::Remote(w) => w.len(),
         }
+    }
+
+    /// CPU clock ticks the clients have used so far: this process, plus its workers.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let mut t = util::cpu_ticks(std::process::id())?;
+        if let Fleet::Remote(ws) = self {
+            for w in ws {
+                t += util::cpu_ticks(w.child.id())?;
+            }
+        }
+        Some(t)
     }
 
     /// Current counters (workers: as of their last line, at most ~100 ms old).
@@ -399,6 +416,7 @@ async fn worker_run() -> R<()> {
         resume_from_received: cfg.resume_from_received,
         track_order: cfg.track_order,
         max_connecting: cfg.max_connecting,
+        raw_readers: cfg.raw_readers,
     });
     pool.start_opening(cfg.plan.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(100));

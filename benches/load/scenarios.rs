@@ -155,6 +155,7 @@ pub fn fleet_plan(
         resume_from_received: false,
         track_order: false,
         max_connecting: g.max_connecting,
+        raw_readers: 0,
         per_process: g.per_process.max(1),
         first_src_octet: g.first_src_octet,
     }
@@ -770,16 +771,23 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     }
     let mut server = start_target(g, out, &auto).await?;
     check_per_user(&server, a.per_user).await;
-    let plan = fleet_plan(g, &server, n, a.per_user, a.rate, &a.user_prefix);
+    let plan = FleetPlan {
+        raw_readers: a.readers,
+        ..fleet_plan(g, &server, n, a.per_user, a.rate, &a.user_prefix)
+    };
     let mut fleet = Fleet::start(&plan)?;
     out.say(format!(
-        "fanout: {} users x {} connections, {} messages per user{}",
+        "fanout: {} users x {} connections, {} messages per user{}; {}",
         a.users,
         a.per_user,
         a.messages,
         match fleet.workers() {
             0 => String::new(),
             w => format!(", {w} worker processes"),
+        },
+        match a.readers {
+            0 => "a task per connection reads it".to_string(),
+            r => format!("{r} raw reader threads per process read them"),
         }
     ));
     let complete = open_all(g, out, &mut fleet, "connect", n, a.rate).await?;
@@ -836,6 +844,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     let mut send_hist = util::new_hist();
     let first_send = now_ns();
     let cpu_mark = CpuMark::now(&server);
+    let client_cpu0 = fleet.cpu_ticks();
     let delivered_total = warm_delivered
         + send_rounds(
             &server,
@@ -869,10 +878,14 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
             sleep(Duration::from_millis(10)).await;
         }
     };
-    let (cpu_per_frame, redis_cpu_per_frame) = cpu_mark.per_op(
-        &server,
-        fleet.counts().messages.saturating_sub(warm_delivered),
-    );
+    let measured_now = fleet.counts().messages.saturating_sub(warm_delivered);
+    let (cpu_per_frame, redis_cpu_per_frame) = cpu_mark.per_op(&server, measured_now);
+    let client_cpu_per_frame = match (client_cpu0, fleet.cpu_ticks()) {
+        (Some(a0), Some(a1)) if measured_now > 0 => {
+            Some(a1.saturating_sub(a0) as f64 * 1e6 / util::clk_tck() as f64 / measured_now as f64)
+        }
+        _ => None,
+    };
     // Server CPU from the first measured send until the last frame arrived.
     let cpu1 = server.cpu_ticks();
     let rep = fleet.report(Duration::from_secs(30)).await?;
@@ -906,14 +919,15 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
     ));
     out.say(format!("delivery latency: {}", hist_line(&rep.delivery)));
     out.say(format!(
-        "CPU per frame delivered: server{} {}{}",
+        "CPU per frame delivered: server{} {}{}, load generator {}",
         if server.is_cluster() { " (nodes)" } else { "" },
         us_or_q(cpu_per_frame),
         if server.is_cluster() {
             format!(", Redis {}", us_or_q(redis_cpu_per_frame))
         } else {
             String::new()
-        }
+        },
+        us_or_q(client_cpu_per_frame)
     ));
     out.say(format!("errors: {}", errors_line(&cfinal.errors)));
     if !post_errors.is_empty() {
@@ -926,6 +940,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "perUser": a.per_user,
         "messages": a.messages,
         "workers": fleet.workers(),
+        "readers": a.readers,
         "opened": c0.opened,
         "failedConnects": c0.failed,
         "connectComplete": complete,
@@ -941,6 +956,7 @@ pub async fn fanout(g: &Global, a: &FanoutArgs, out: &Out) -> R<Value> {
         "deliveryLatencyUs": hist_json(&rep.delivery),
         "cpuPerFrameUs": cpu_per_frame,
         "redisCpuPerFrameUs": redis_cpu_per_frame,
+        "clientCpuPerFrameUs": client_cpu_per_frame,
         "serverCpuSecs": cpu_secs,
         "errors": errors_json(&cfinal.errors),
         "server": server.describe(),

@@ -168,6 +168,7 @@ async fn fleet_cycle(tiny: &Tiny, n: usize, per_process: usize) -> R<String> {
         resume_from_received: false,
         track_order: true,
         max_connecting: 0,
+        raw_readers: 0,
         per_process,
         first_src_octet: 2,
     };
@@ -294,15 +295,8 @@ fn order_checks() -> R<()> {
     Ok(())
 }
 
-/// Clients told to stay away after a lost socket do not resume, and their logs show what
-/// they missed.
-async fn left_away(tiny: &Tiny) -> R<String> {
-    let mut pool = Pool::new(ConnParams {
-        track_order: true,
-        resume_from_received: true,
-        ..ConnParams::to(tiny.addr, Duration::from_secs(5))
-    });
-    let n = 6;
+/// Opens connections 0..n with a token each.
+fn spawn_tokens(pool: &Pool, n: usize) {
     for i in 0..n {
         pool.spawn(
             ConnSpec {
@@ -313,6 +307,18 @@ async fn left_away(tiny: &Tiny) -> R<String> {
             None,
         );
     }
+}
+
+/// Clients told to stay away after a lost socket do not resume, and their logs show what
+/// they missed.
+async fn left_away(tiny: &Tiny) -> R<String> {
+    let mut pool = Pool::new(ConnParams {
+        track_order: true,
+        resume_from_received: true,
+        ..ConnParams::to(tiny.addr, Duration::from_secs(5))
+    });
+    let n = 6;
+    spawn_tokens(&pool, n);
     let ok = until(Duration::from_secs(5), || {
         pool.stats.counts().messages >= 2 * n as u64
     })
@@ -355,6 +361,59 @@ async fn left_away(tiny: &Tiny) -> R<String> {
         )?;
     }
     Ok("2 of 6 left away: their misses counted, the others' none".into())
+}
+
+/// Connections handed to raw readers keep receiving, answer pings and close cleanly.
+async fn raw_readers(tiny: &Tiny) -> R<String> {
+    let mut pool = Pool::new(ConnParams {
+        raw_readers: 2,
+        ..ConnParams::to(tiny.addr, Duration::from_secs(5))
+    });
+    let n = 20;
+    spawn_tokens(&pool, n);
+    // The tiny server sends a message and a ping every 100 ms.
+    let ok = until(Duration::from_secs(10), || {
+        pool.stats.counts().messages >= 5 * n as u64
+    })
+    .await;
+    let before = pool.stats.report();
+    check(
+        ok && before.counts.opened == n as u64 && before.delivery.len() >= 5 * n as u64,
+        &format!("{:?}", before.counts),
+    )?;
+    pool.close_all(Duration::from_secs(5)).await;
+    let c = pool.stats.counts();
+    check(
+        c.clean_closed == n as u64 && c.finished == n as u64 && c.open_now == 0,
+        &format!("after close: {c:?}"),
+    )?;
+    let errs = pool.stats.report().errors;
+    check(errs.is_empty(), &format!("errors {errs:?}"))?;
+    // A server that drops its sockets: every one is seen ending.
+    let lost = Pool::new(ConnParams {
+        raw_readers: 2,
+        ..ConnParams::to(tiny.addr, Duration::from_secs(5))
+    });
+    spawn_tokens(&lost, n);
+    let got = until(Duration::from_secs(10), || {
+        lost.stats.counts().messages >= n as u64
+    })
+    .await;
+    tiny.kill.send_modify(|k| *k += 1);
+    let ended = until(Duration::from_secs(10), || {
+        lost.stats.counts().finished == n as u64
+    })
+    .await;
+    let l = lost.stats.counts();
+    let errs = lost.stats.report().errors;
+    check(
+        got && ended && l.server_closed == n as u64 && l.open_now == 0,
+        &format!("dropped by the server: {l:?} {errs:?}"),
+    )?;
+    Ok(format!(
+        "{n} read by 2 threads, {} frames, all closed cleanly; {n} dropped by the server, all seen ending",
+        c.messages
+    ))
 }
 
 pub async fn run(n: usize) -> R<serde_json::Value> {
@@ -515,6 +574,11 @@ pub async fn run(n: usize) -> R<serde_json::Value> {
         .map(|_| String::new()),
     )?;
     step("left-away", left_away(&tiny).await)?;
+    step(
+        "raw-frames",
+        crate::raw::self_check().map(|_| String::new()),
+    )?;
+    step("raw-readers", raw_readers(&tiny).await)?;
     step("floor", crate::versus::self_check().await)?;
     step("local-fleet", fleet_cycle(&tiny, n, 100_000).await)?;
     step("worker-fleet", fleet_cycle(&tiny, n, n.div_ceil(3)).await)?;
