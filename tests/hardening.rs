@@ -1071,6 +1071,49 @@ async fn an_explicitly_empty_credential_fails_at_once() {
     assert_eq!(ws.recv_type("welcome").await["userId"], "ana");
 }
 
+/// A Cookie header is RFC 6265's list of pairs, whatever else it holds: a neighbour's value
+/// past ASCII (a browser sends what another page on the site set) does not hide the session
+/// cookie, and only one pair of double quotes around a value is quoting.
+#[tokio::test]
+async fn the_session_cookie_is_found_beside_any_other_cookie_and_quoted_only_by_a_pair() {
+    let server = Server::start(&["--auth-timeout-ms", "30000"]).await;
+    let s = server.create_session(json!({"userId": "ana"})).await;
+    let sid = s["sessionId"].as_str().unwrap().to_string();
+    for cookie in [
+        format!("theme=café; tether_sid={sid}"),
+        format!("tether_sid=\"{sid}\"; note=ü"),
+    ] {
+        let mut ws = server.ws_with_headers("", &[("cookie", &cookie)]).await;
+        let w = ws.recv_type("welcome").await;
+        assert_eq!(w["sessionId"], sid, "{cookie}: {w}");
+    }
+    // A stray quote is part of the value: that session id does not exist.
+    for cookie in [format!("tether_sid=\"{sid}"), format!("tether_sid={sid}\"")] {
+        let mut ws = server.ws_with_headers("", &[("cookie", &cookie)]).await;
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, Some(4501), "{cookie}: {closed:?}");
+    }
+}
+
+/// The first credential found wins (SPEC §2): a Bearer or `X-Session-Id` header that is not
+/// ASCII is found, and refused; a valid query credential further down the order does not
+/// stand in for it.
+#[tokio::test]
+async fn a_credential_header_past_ascii_is_refused_not_passed_over() {
+    let server = Server::start(&["--auth-timeout-ms", "30000"]).await;
+    let token = server.token("ana", json!({}));
+    let s = server.create_session(json!({"userId": "ana"})).await;
+    let sid = s["sessionId"].as_str().unwrap().to_string();
+    for (query, header) in [
+        (format!("token={token}"), ("Authorization", "Bearer café")),
+        (format!("session_id={sid}"), ("X-Session-Id", "café")),
+    ] {
+        let mut ws = server.ws_with_headers(&query, &[header]).await;
+        let closed = ws.closed().await;
+        assert_eq!(closed.code, Some(4501), "{header:?}: {closed:?}");
+    }
+}
+
 #[tokio::test]
 async fn api_errors_name_the_rule_that_was_broken() {
     let server = Server::start(&[]).await;

@@ -10,7 +10,8 @@
 //!    (bits 1-2: as given, an hour ahead, an hour ago, removed) and `trust_proxy` for the
 //!    handshake (bit 3); bytes 1-3 change one byte of the minted token (position, value);
 //! 3. an API key, 4. its name, 5. its permissions (comma-separated);
-//! 6. a query string, 7 and on: request headers (`name: value`) for `transport::handshake`.
+//! 6. a query string, 7 and on: request headers (`name: value`, the value with its spaces)
+//!    for `transport::handshake`.
 //!
 //! What must hold:
 //! - a bare credential is sorted by its shape alone (`tk_…` an API key, three parts a JWT),
@@ -24,7 +25,8 @@
 //! - the credential of a request is the first of bearer header, `token`, session cookie,
 //!   `X-Session-Id`, `session_id`, each `%XX`-decoded as RFC 3986 has it (two hex digits);
 //!   one that is there but empty is presented as it is (to be refused at once), except an
-//!   empty session cookie, which is none.
+//!   empty session cookie, which is none; the headers read as RFC 9110 (field values),
+//!   RFC 6750 (`Bearer`) and RFC 6265 (cookies) have them, not as tether reads them.
 
 #![no_main]
 
@@ -408,19 +410,79 @@ fn check_api_keys(key: &str, name: &str, permissions: &str) {
     }
 }
 
+/// RFC 9110 §5.5: the whitespace around a field value (SP, HTAB) is no part of it.
+fn field_value(raw: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = raw.iter().position(|b| !ows(b)).unwrap_or(raw.len());
+    let end = raw.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &raw[start..end]
+}
+
+/// The bytes of a header, as text. (A credential that is not ASCII is still there, and is
+/// refused as a credential; it does not stand aside for the next source in the order.)
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `Authorization: Bearer <credential>`: RFC 9110 §11.4 `auth-scheme [ 1*SP token68 ]`, the
+/// scheme in any letter case (§11.1). `Some` the credential of a Bearer header (empty for
+/// `Bearer` alone, which is then refused at once, as the README says), `None` any other.
+fn bearer_credential(value: &[u8]) -> Option<String> {
+    let scheme = b"bearer";
+    if value.len() < scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    let after = &value[scheme.len()..];
+    match after.first() {
+        None => Some(String::new()),
+        // `Bearer\tx`, `Bearerx`: another scheme, or none; not a bearer credential.
+        Some(&b) if b != b' ' => None,
+        Some(_) => Some(text(field_value(after))),
+    }
+}
+
+/// The value of cookie `name` in the `Cookie` fields, taken in order as one list (RFC 9113
+/// §8.2.3 splits one into several): RFC 6265 §4.2.1 `name=value` pairs split by `;` and
+/// spaces, a value in one pair of double quotes stands for what is between them (§4.1.1).
+/// The first pair with that name (case-sensitive, §5.4 orders the most specific first)
+/// decides, even when it is empty.
+fn cookie_value(cookie_fields: &[&[u8]], name: &[u8]) -> Option<String> {
+    for field in cookie_fields {
+        for pair in field.split(|&b| b == b';') {
+            let pair = field_value(pair);
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] != name {
+                continue;
+            }
+            let mut value = &pair[eq + 1..];
+            if let [b'"', inner @ .., b'"'] = value {
+                value = inner;
+            }
+            return Some(text(value));
+        }
+    }
+    None
+}
+
 fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
     let mut headers = http::HeaderMap::new();
+    // The same fields as the model reads them: (name, value bytes as sent), in order.
+    let mut fields: Vec<(&str, &[u8])> = Vec::new();
     for line in header_lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.trim().as_bytes()),
-            http::HeaderValue::from_str(value.trim()),
+        let name = name.trim();
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
         ) else {
             continue;
         };
-        headers.append(name, value);
+        headers.append(n, v);
+        fields.push((name, value.as_bytes()));
     }
     let config = Config {
         trust_proxy,
@@ -428,9 +490,6 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
     };
     let hs = tether::transport::handshake(&config, &headers, Some(query), None);
 
-    // The reference: SPEC §2.1's order. A source that is there but empty is presented as
-    // it is (`?token=`, `Authorization: Bearer `, an empty `X-Session-Id`, `?session_id=`),
-    // so that it is refused at once; only an empty session cookie counts as none.
     let pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -452,40 +511,41 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let present = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim().to_owned())
+    // Field names in any letter case (RFC 9110 §5.1). A field that is not a list (one
+    // `Authorization`, one `X-Session-Id`) is its first line: a second one is not HTTP.
+    let all = |name: &str| -> Vec<&[u8]> {
+        fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| field_value(v))
+            .collect()
     };
-    let header = |name: &str| present(name).filter(|s| !s.is_empty());
-    // A header value is trimmed, so `Bearer ` arrives as `Bearer`: the scheme alone.
-    let bearer = present("authorization").and_then(|h| {
-        let (scheme, rest) = h.split_once(' ').unwrap_or((&h, ""));
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_owned())
+    let first = |name: &str| all(name).first().map(|v| text(v));
+
+    // SPEC §2 (docs/protocol.md §2.1): the first source found wins, in this order. The
+    // flag says whether an empty value is a credential: the README's "empty credential"
+    // (refused at once with 4501, never a wait for a first frame), except the cookie,
+    // where the README says "An empty session cookie counts as none".
+    let sources: [(Option<String>, fn(String) -> Presented, bool); 5] = [
+        (
+            all("authorization")
+                .first()
+                .and_then(|v| bearer_credential(v)),
+            Presented::Token,
+            true,
+        ),
+        (given("token"), Presented::Token, true),
+        (
+            cookie_value(&all("cookie"), config.session_cookie.as_bytes()),
+            Presented::Session,
+            false,
+        ),
+        (first("x-session-id"), Presented::Session, true),
+        (given("session_id"), Presented::Session, true),
+    ];
+    let want = sources.into_iter().find_map(|(value, kind, empty_counts)| {
+        value.filter(|v| empty_counts || !v.is_empty()).map(kind)
     });
-    let cookie = headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            v.split(';').find_map(|kv| {
-                let (k, val) = kv.trim().split_once('=')?;
-                (k == config.session_cookie).then(|| val.trim_matches('"').to_owned())
-            })
-        })
-        .filter(|v| !v.is_empty());
-    let want = bearer
-        .or_else(|| given("token"))
-        .map(Presented::Token)
-        .or_else(|| {
-            cookie
-                .or_else(|| present("x-session-id"))
-                .or_else(|| given("session_id"))
-                .map(Presented::Session)
-        });
     assert_eq!(hs.credential, want, "query {query:?}, headers {headers:?}");
     match (&hs.resume, param("resume")) {
         (None, None) => {}
@@ -499,18 +559,26 @@ fn check_handshake(query: &str, header_lines: &[&str], trust_proxy: bool) {
         }
         (got, want) => panic!("resume {got:?}, expected {want:?}"),
     }
+    // Device info (SPEC §2). The contract says nothing of an empty field; it counts as
+    // none (no `User-Agent` is ""), which is the server's behaviour and what a user expects.
+    let device = |name: &str| first(name).filter(|v| !v.is_empty());
     let ip = if trust_proxy {
-        header("x-forwarded-for")
-            .and_then(|h| h.split(',').next().map(|s| s.trim().to_owned()))
+        // The first hop: what comes before the first comma, without its spaces.
+        device("x-forwarded-for")
+            .map(|h| {
+                text(field_value(
+                    h.as_bytes().split(|&b| b == b',').next().unwrap(),
+                ))
+            })
             .unwrap_or_default()
     } else {
         String::new()
     };
     assert_eq!(hs.ip, ip);
-    assert_eq!(hs.user_agent, header("user-agent").unwrap_or_default());
+    assert_eq!(hs.user_agent, device("user-agent").unwrap_or_default());
     assert_eq!(
         hs.client_version,
-        header("x-client-version").or_else(|| param("client_version"))
+        device("x-client-version").or_else(|| param("client_version"))
     );
 }
 

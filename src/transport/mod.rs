@@ -60,17 +60,39 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A header's value as text: its bytes without the spaces and tabs around it (RFC 9110
+/// §5.5). Bytes past ASCII (obs-text) are kept, decoded lossily: a credential that is not
+/// ASCII is still the one presented, and is refused, rather than skipped in favour of the
+/// next source; a Cookie header with one such cookie still carries the session cookie.
+fn field_text(value: &[u8]) -> String {
+    String::from_utf8_lossy(trim_ows(value)).into_owned()
+}
+
+fn trim_ows(b: &[u8]) -> &[u8] {
+    let ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !ows(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ows(c)).map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+/// The session cookie (RFC 6265 §4.2.1): the first `name=value` pair with that name, across
+/// every Cookie header in order (HTTP/2 may split one into several). A value in one pair of
+/// double quotes is what is between them (§4.1.1); a stray quote is part of the value.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all("cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            v.split(';').find_map(|kv| {
-                let (k, val) = kv.trim().split_once('=')?;
-                (k == name).then(|| val.trim_matches('"').to_string())
+    headers.get_all("cookie").iter().find_map(|v| {
+        v.as_bytes().split(|&b| b == b';').find_map(|kv| {
+            let kv = trim_ows(kv);
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            (&kv[..eq] == name.as_bytes()).then(|| {
+                let val = &kv[eq + 1..];
+                let val = match val {
+                    [b'"', inner @ .., b'"'] => inner,
+                    _ => val,
+                };
+                String::from_utf8_lossy(val).into_owned()
             })
         })
+    })
 }
 
 /// Reads credentials (SPEC §2 order: bearer header, `token` query, session id from cookie,
@@ -95,19 +117,14 @@ pub fn handshake(
             .filter(|v| !v.is_empty())
     };
     let given = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let present = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim().to_string())
-    };
+    let present = |name: &str| headers.get(name).map(|v| field_text(v.as_bytes()));
     let header = |name: &str| present(name).filter(|s| !s.is_empty());
 
     let bearer = present("authorization").and_then(|h| {
         let (scheme, rest) = h.split_once(' ').unwrap_or((&h, ""));
         scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_string())
+            .then(|| rest.trim_matches([' ', '\t']).to_string())
     });
     let credential = bearer
         .or_else(|| given("token"))
