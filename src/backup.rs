@@ -150,6 +150,20 @@ pub fn restore(args: RestoreArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes a report to stdout. A reader that stops early (`tether inspect | head -3`) closes
+/// the pipe: that is the reader being done, not an error, and not a panic as `println!`
+/// would make it.
+pub fn print_report(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("writing the report: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `tether inspect`: what a stopped data directory holds.
 pub fn inspect(args: InspectArgs) -> Result<(), String> {
     let dir = &args.data_dir;
@@ -181,22 +195,21 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         "sizeOnDiskBytes": trees.size_on_disk(),
     });
     if args.json {
-        println!("{report:#}");
-    } else {
-        println!("data directory   {}", dir.display());
-        println!(
-            "schema version   {SCHEMA_VERSION} (value format {})",
-            crate::codec::FORMAT_VERSION
-        );
-        println!("connections      {}", trees.conns.len());
-        for (state, n) in &by_state {
-            println!("  {state:<14} {n}");
-        }
-        println!("  unreadable     {unreadable}");
-        println!("sessions         {}", trees.sessions.len());
-        println!("events           {}", trees.events.len());
-        println!("deliveries       {}", trees.deliveries.len());
-        println!("size on disk     {} bytes", trees.size_on_disk());
+        return print_report(&format!("{report:#}\n"));
     }
-    Ok(())
+    let mut out = format!("data directory   {}\n", dir.display());
+    out += &format!(
+        "schema version   {SCHEMA_VERSION} (value format {})\n",
+        crate::codec::FORMAT_VERSION
+    );
+    out += &format!("connections      {}\n", trees.conns.len());
+    for (state, n) in &by_state {
+        out += &format!("  {state:<14} {n}\n");
+    }
+    out += &format!("  unreadable     {unreadable}\n");
+    out += &format!("sessions         {}\n", trees.sessions.len());
+    out += &format!("events           {}\n", trees.events.len());
+    out += &format!("deliveries       {}\n", trees.deliveries.len());
+    out += &format!("size on disk     {} bytes\n", trees.size_on_disk());
+    print_report(&out)
 }

@@ -278,36 +278,44 @@ pub async fn inspect(
         "sizeOnDiskBytes": size_on_disk(data_dir),
     });
     if json {
-        println!("{report:#}");
-        return Ok(());
+        return crate::backup::print_report(&format!("{report:#}\n"));
     }
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),
     };
-    println!(
+    let mut out = format!(
         "from the running server ({}, {}), through its API; stop it to read the data \
-         directory itself",
+         directory itself\n",
         server.pid_text(),
         server.base_url()
     );
-    println!("data directory   {}", data_dir.display());
-    println!("connections      {connections}");
+    out += &format!("data directory   {}\n", data_dir.display());
+    out += &format!("connections      {connections}\n");
     for (group, v) in [
         ("", &health["byState"]),
         ("type ", &health["byConnectionType"]),
         ("version ", &health["byClientVersion"]),
     ] {
         for (k, n) in v.as_object().into_iter().flatten() {
-            println!("  {:<14} {}", format!("{group}{k}"), text(n));
+            out += &format!("  {:<14} {}\n", format!("{group}{k}"), text(n));
         }
     }
-    println!("users            {}", text(&health["usersWithConnections"]));
-    println!("sessions         {}", text(&health["sessions"]));
-    println!("memory (RSS)     {} bytes", text(&health["memoryUsage"]));
-    println!("messages/s       {}", text(&stats["messagesPerSecond"]));
-    println!("size on disk     {} bytes", size_on_disk(data_dir));
-    Ok(())
+    out += &format!(
+        "users            {}\n",
+        text(&health["usersWithConnections"])
+    );
+    out += &format!("sessions         {}\n", text(&health["sessions"]));
+    out += &format!("memory (RSS)     {} bytes\n", text(&health["memoryUsage"]));
+    out += &format!("messages/s       {}\n", text(&stats["messagesPerSecond"]));
+    out += &format!(
+        "limits           {} per user, {} in all, connection TTL {} s\n",
+        text(&limits["maxPerUser"]),
+        text(&limits["maxTotal"]),
+        text(&limits["ttlSeconds"])
+    );
+    out += &format!("size on disk     {} bytes\n", size_on_disk(data_dir));
+    crate::backup::print_report(&out)
 }
 
 #[cfg(test)]

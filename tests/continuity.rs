@@ -362,6 +362,11 @@ async fn inspect_reports_a_running_server_through_its_api_and_a_stopped_director
     let text = common::cli_ok(&["inspect", "--data-dir", common::arg(&server.dir)]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("from the running server"), "{text}");
+    assert!(
+        text.contains("limits           10 per user, 100000 in all, connection TTL 3600 s"),
+        "{text}"
+    );
+    inspect_into_a_closed_pipe(&server.dir);
 
     server.stop().await;
     let report = inspect(&server.dir).await;
@@ -372,6 +377,24 @@ async fn inspect_reports_a_running_server_through_its_api_and_a_stopped_director
     let text = common::cli_ok(&["inspect", "--data-dir", common::arg(&server.dir)]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("  unreadable     0"), "{text}");
+    inspect_into_a_closed_pipe(&server.dir);
+}
+
+/// `tether inspect | head -1`: the reader closes the pipe before the report is written,
+/// which ends the command quietly, with no panic.
+fn inspect_into_a_closed_pipe(dir: &std::path::Path) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["inspect", "--data-dir", common::arg(dir)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tether inspect");
+    // Closed before the command has opened anything, so its write meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("tether inspect ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// `tether backup` without `--server` beside a running server backs it up through its admin
