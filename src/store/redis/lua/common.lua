@@ -310,7 +310,9 @@ end
 -- past `replay_buffer_bytes`; once every REPLAY_SLACK deliveries to a full list, an LRANGE
 -- and an LTRIM of the frames past `replay_buffer_messages`): the seqs, byte counts and nodes
 -- are read with one HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK
--- connections.
+-- connections. No string is made per connection but its seq, its replay entry and its row:
+-- the Deliver commands' pairs are joined once per node (`scripts/deliver-time`: 38.8 → 35.2
+-- ms of Redis per 10,000-connection message, medians of 5 alternated runs).
 local function deliver(user, ids, kind, rest, tail)
   local nodes, order = {}, {}
   local stored, delivered, last = 0, 0, 0
@@ -319,16 +321,20 @@ local function deliver(user, ids, kind, rest, tail)
   -- An entry is `<seq>` and this.
   local body = '|' .. kind .. '|' .. rest
   local body_len = #body + 16
+  local cap = REPLAY + REPLAY_SLACK
+  local call, match, fmt = redis.call, string.match, string.format
   for from = 1, #ids, ROWS_CHUNK do
     local to = math.min(from + ROWS_CHUNK - 1, #ids)
-    local got = redis.call('HMGET', rows, unpack(ids, from, to))
-    local out = {}
+    local got = call('HMGET', rows, unpack(ids, from, to))
+    local out, n_out = {}, 0
     for i = from, to do
       local id = ids[i]
       local row = got[i - from + 1]
       local seq, rb, rk, node
       if row then
-        seq, rb, rk, node = parse_row(row)
+        -- `parse_row` and `row_string` inlined: a Lua call per connection is measurable.
+        seq, rb, rk, node = match(row, '^(%d+)|(%d+)|([^|]*)|(.*)$')
+        if seq then seq, rb = tonumber(seq), tonumber(rb) end
       else
         -- No row: no record, or one stored before the rows existed.
         local rec = load(user, id)
@@ -338,51 +344,68 @@ local function deliver(user, ids, kind, rest, tail)
       end
       if seq then
         seq = seq + 1
-        local rl = lists .. rk
-        local s = int(seq)
+        local s = fmt('%d', seq)
         if REPLAY > 0 then
+          local rl = lists .. rk
           -- RPUSH answers the list's new length: no LLEN.
-          local len = redis.call('RPUSH', rl, s .. body)
+          local len = call('RPUSH', rl, s .. body)
           rb = rb + #s + body_len
           -- Oldest first: past the bytes bound at once (the newest is always kept), past
           -- the count by REPLAY_SLACK. What goes is never in `replay_view`.
-          if len > REPLAY + REPLAY_SLACK then
+          if len > cap then
             local n = len - REPLAY
-            for _, e in ipairs(redis.call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
-            redis.call('LTRIM', rl, n, -1)
+            for _, e in ipairs(call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
+            call('LTRIM', rl, n, -1)
             len = REPLAY
           end
           while len > 1 and rb > REPLAY_BYTES do
-            local e = redis.call('LPOP', rl)
+            local e = call('LPOP', rl)
             if not e then break end
             rb = rb - frame_len(e)
             len = len - 1
           end
         elseif rb > 0 then
-          redis.call('DEL', rl, replay_bytes_key(rl))
+          call('DEL', lists .. rk, replay_bytes_key(lists .. rk))
           rb = 0
         end
-        out[#out + 1] = id
-        out[#out + 1] = row_string(s, rb, rk, node)
+        out[n_out + 1] = id
+        out[n_out + 2] = s .. '|' .. fmt('%d', rb) .. '|' .. rk .. '|' .. node
+        n_out = n_out + 2
         stored = stored + 1
         last = seq
         if node ~= '' then
           delivered = delivered + 1
           local list = nodes[node]
           if not list then
-            list = {}
+            list = {n = 0}
             nodes[node] = list
             order[#order + 1] = node
           end
-          list[#list + 1] = '["' .. id .. '",' .. s .. ']'
+          -- The command's `["<id>",<seq>]` pairs, as parts for one concat at the end.
+          local k = list.n
+          list[k + 1] = id
+          list[k + 2] = s
+          list.n = k + 2
         end
       end
     end
-    if #out > 0 then redis.call('HSET', rows, unpack(out)) end
+    if n_out > 0 then call('HSET', rows, unpack(out, 1, n_out)) end
   end
   for _, node in ipairs(order) do
-    redis.call('PUBLISH', P .. ':node:' .. node, '{"command":"deliver","user":' ..
-      cjson.encode(user) .. ',"assignments":[' .. table.concat(nodes[node], ',') .. '],' .. tail)
+    local list = nodes[node]
+    local parts, np = {}, 0
+    for k = 1, list.n, 2 do
+      parts[np + 1] = '["'
+      parts[np + 2] = list[k]
+      parts[np + 3] = '",'
+      parts[np + 4] = list[k + 1]
+      parts[np + 5] = '],'
+      np = np + 5
+    end
+    -- No comma after the last pair.
+    parts[np] = ']'
+    call('PUBLISH', P .. ':node:' .. node, '{"command":"deliver","user":' ..
+      cjson.encode(user) .. ',"assignments":[' .. table.concat(parts) .. '],' .. tail)
   end
   return stored, delivered, last
 end
