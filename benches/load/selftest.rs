@@ -363,7 +363,8 @@ async fn left_away(tiny: &Tiny) -> R<String> {
     Ok("2 of 6 left away: their misses counted, the others' none".into())
 }
 
-/// Connections handed to raw readers keep receiving, answer pings and close cleanly.
+/// Connections handed to raw readers keep receiving (the tiny server pings them as well) and
+/// close cleanly; those the server drops are seen ending.
 async fn raw_readers(tiny: &Tiny) -> R<String> {
     let mut pool = Pool::new(ConnParams {
         raw_readers: 2,
