@@ -371,6 +371,18 @@ pub async fn a_slow_subscriber_is_told_what_it_missed(o: &Opened) {
 }
 
 /// How many times Redis ran `cmd` (scripts' calls included) since the last `CONFIG RESETSTAT`.
+/// A Redis store on a server of its own, with room for `per_user` connections of one user
+/// and `total` in all. The server lives as long as the first value is kept.
+async fn store_with_room(per_user: usize, total: usize) -> (RedisServer, String, RedisStore) {
+    let server = RedisServer::start(false);
+    let url = server.url();
+    let mut settings = crate::redis_settings(&url, NODE);
+    settings.limits.max_per_user = per_user;
+    settings.limits.max_total = total;
+    let store = RedisStore::connect(settings).await.expect("connect");
+    (server, url, store)
+}
+
 async fn calls_of(con: &mut ::redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
     let info: String = ::redis::cmd("INFO")
         .arg("commandstats")
@@ -390,12 +402,7 @@ async fn calls_of(con: &mut ::redis::aio::MultiplexedConnection, cmd: &str) -> u
 /// still takes the oldest Detached one first, else the oldest.
 pub async fn admission_does_not_read_every_record_of_the_user() {
     const MANY: usize = 200;
-    let server = RedisServer::start(false);
-    let url = server.url();
-    let mut settings = crate::redis_settings(&url, NODE);
-    settings.limits.max_per_user = MANY;
-    settings.limits.max_total = 10 * MANY;
-    let store = RedisStore::connect(settings).await.expect("connect");
+    let (_server, url, store) = store_with_room(MANY, 10 * MANY).await;
     let stores = store.stores();
     let c = &*stores.conns;
     let base = tether::time::now_ms();
@@ -459,12 +466,7 @@ pub async fn admission_does_not_read_every_record_of_the_user() {
 /// fine).
 pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
     const CONNS: usize = 500;
-    let server = RedisServer::start(false);
-    let url = server.url();
-    let mut settings = crate::redis_settings(&url, NODE);
-    settings.limits.max_per_user = CONNS;
-    settings.limits.max_total = CONNS;
-    let store = RedisStore::connect(settings).await.expect("connect");
+    let (_server, _, store) = store_with_room(CONNS, CONNS).await;
     let stores = store.stores();
     for _ in 0..CONNS {
         admit(&*stores.conns, "big", None).await;
@@ -546,12 +548,7 @@ pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
 /// reads and writes them in chunks of 2,000): each gets its next seq once, and keeps it.
 pub async fn a_delivery_to_more_connections_than_a_chunk_reaches_each_once() {
     const MANY: usize = 4100;
-    let server = RedisServer::start(false);
-    let url = server.url();
-    let mut settings = crate::redis_settings(&url, NODE);
-    settings.limits.max_per_user = MANY;
-    settings.limits.max_total = MANY;
-    let store = RedisStore::connect(settings).await.expect("connect");
+    let (_server, url, store) = store_with_room(MANY, MANY).await;
     let stores = store.stores();
     let o = Opened {
         stores: stores.clone(),
