@@ -196,12 +196,18 @@ impl Hub {
     /// Many sockets are written from several threads: scoped threads over disjoint shares of
     /// the handles, popped from one queue, so a thread that gets less of a core takes fewer;
     /// a helper that cannot be started leaves its shares to the others.
+    ///
+    /// The shard's lock is held only to find the handles, not while their frames are
+    /// written: other users' sockets on the shard come and go meanwhile. Frames to one socket
+    /// still go in seq order, since the callers deliver to a user one delivery at a time.
     pub fn deliver(&self, user: &str, to: &[Assignment], template: &FrameTemplate) -> usize {
-        let shard = lock(self.shard(user));
-        let targets: Vec<(&Handle, u64)> = to
-            .iter()
-            .filter_map(|a| shard.get(&a.id).map(|h| (&**h, a.seq)))
-            .collect();
+        let found: Vec<(Arc<Handle>, u64)> = {
+            let shard = lock(self.shard(user));
+            to.iter()
+                .filter_map(|a| shard.get(&a.id).map(|h| (h.clone(), a.seq)))
+                .collect()
+        };
+        let targets: Vec<(&Handle, u64)> = found.iter().map(|(h, seq)| (&**h, *seq)).collect();
         let helpers = match targets.len() / PER_FAN_OUT_THREAD {
             0 | 1 => None,
             want => FanOutHelpers::take(want.min(self.cores) - 1),

@@ -590,6 +590,84 @@ pub async fn removes_by_id_by_user_and_by_session(o: &Opened) {
         .is_none());
 }
 
+/// The registry listing (`GET /v1/registry`): every connection once, by user id and then
+/// connectedAt, a page at a time from after the last one; one user's alone; a user whose
+/// connections are all gone is skipped.
+pub async fn lists_every_connection_in_pages(o: &Opened) {
+    let c = &*o.stores.conns;
+    let ids = |page: &[Value]| -> Vec<String> {
+        page.iter()
+            .map(|v| v["connectionId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Connected in an order that is neither the users' order nor one user at a time.
+    let mut made: Vec<(String, Admitted)> = Vec::new();
+    for user in ["cy", "al", "bo", "al", "cy", "al"] {
+        made.push((user.to_string(), connect(c, user, None).await));
+    }
+    let in_order = |users: &[&str]| -> Vec<String> {
+        let mut want = Vec::new();
+        for u in users {
+            for (owner, a) in &made {
+                if owner == u {
+                    want.push(a.id.to_string());
+                }
+            }
+        }
+        want
+    };
+    let whole = c.list(None, None, 100).await;
+    assert_eq!(ids(&whole), in_order(&["al", "bo", "cy"]));
+    for v in &whole {
+        assert!(v["userId"].is_string() && v["state"] == "active", "{v}");
+    }
+
+    // Pages of 2: each starts after the last id of the one before.
+    let mut paged = Vec::new();
+    let mut after: Option<Uuid> = None;
+    loop {
+        let page = c.list(None, after.as_ref(), 2).await;
+        assert!(page.len() <= 2);
+        paged.extend(ids(&page));
+        if page.len() < 2 {
+            break;
+        }
+        after = Some(paged.last().unwrap().parse().unwrap());
+    }
+    assert_eq!(
+        paged,
+        in_order(&["al", "bo", "cy"]),
+        "every connection once, in order"
+    );
+
+    // One user's, in pages too.
+    let al = c.list(Some("al"), None, 2).await;
+    assert_eq!(ids(&al), in_order(&["al"])[..2].to_vec());
+    let last: Uuid = ids(&al)[1].parse().unwrap();
+    assert_eq!(
+        ids(&c.list(Some("al"), Some(&last), 2).await),
+        in_order(&["al"])[2..].to_vec()
+    );
+    assert!(
+        c.list(Some("ava"), None, 10).await.is_empty(),
+        "a user with none"
+    );
+
+    // bo's only connection goes: the listing goes from al straight to cy.
+    let bo = &made[2].1;
+    c.remove(&bo.id, &Disconnect::normal(), EventType::Forced)
+        .await
+        .unwrap()
+        .expect("removed");
+    assert_eq!(ids(&c.list(None, None, 100).await), in_order(&["al", "cy"]));
+    let al_last: Uuid = in_order(&["al"]).last().unwrap().parse().unwrap();
+    assert_eq!(
+        ids(&c.list(None, Some(&al_last), 100).await),
+        in_order(&["cy"])
+    );
+    assert!(c.list(Some("bo"), None, 10).await.is_empty());
+}
+
 pub async fn migrates_to_a_new_id(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "jo", None).await;

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `meta` | name | codec value (`schema_version`, `event_seq`) |
 //! | `conns` | connection id (16 bytes) | [`crate::model::ConnRecord`] |
-//! | `conns_by_user` | user id, 0, connectedAt (8), connection id | empty |
+//! | `conns_by_user` | user id, 0, connectedAt (8), connection id | empty; no longer written (the listing's order by user is kept in memory), emptied at start-up |
 //! | `conns_by_expiry` | expiresAt (8), connection id | empty; no longer written (expiry is found in memory), emptied at start-up |
 //! | `events` | event seq (8) | [`crate::model::StoredEvent`] |
 //! | `sessions` | session id | [`crate::model::SessionRecord`] |
@@ -488,15 +488,6 @@ pub mod keys {
 
     pub fn conn(id: &Uuid) -> [u8; 16] {
         *id.as_bytes()
-    }
-
-    pub fn by_user(user: &str, connected_at: i64, id: &Uuid) -> Vec<u8> {
-        let mut k = Vec::with_capacity(user.len() + 25);
-        k.extend_from_slice(user.as_bytes());
-        k.push(0);
-        k.extend_from_slice(&connected_at.to_be_bytes());
-        k.extend_from_slice(id.as_bytes());
-        k
     }
 
     pub fn user_prefix(user: &str) -> Vec<u8> {

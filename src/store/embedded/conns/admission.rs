@@ -181,7 +181,7 @@ impl Inner {
     /// before the activation leaves the same store either way.
     fn write_admitted(&self, rec: &mut ConnRecord) -> Result<(), crate::store::StoreError> {
         rec.state = ConnState::Active;
-        let written = self.write_new(rec);
+        let written = self.write(rec);
         rec.state = ConnState::Authenticated;
         written
     }

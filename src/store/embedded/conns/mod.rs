@@ -14,14 +14,15 @@
 //! A delivery hands its frames to the sockets while it holds the user's shard, so two
 //! deliveries to the same connection reach its socket in seq order.
 //!
-//! Lock order: a shard lock may take the locator and session-map locks inside it (and the
-//! hub's, through a delivery's `sockets`); nothing takes a shard lock while holding them.
+//! Lock order: a shard lock may take the locator, session-map and user-set locks inside it
+//! (and the hub's, through a delivery's `sockets`); nothing takes a shard lock while holding
+//! them.
 //!
 //! The work is split by what it does: [`admission`] (register, resume, activate, finish),
 //! [`delivery`] (seq, replay buffers, frames to sockets), [`upkeep`] (expiry, recovery,
 //! figures), and [`store`], the [`ConnStore`] trait over them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -144,6 +145,10 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     locator: Box<[Mutex<HashMap<Uuid, u8>>]>,
     sessions: Mutex<HashMap<String, Vec<Uuid>>>,
+    /// Every user with a connection here, in byte order: the order the connection listing
+    /// pages through (see `Inner::list`). Kept beside the shards' `users` maps, under their
+    /// locks, like `sessions`.
+    users: Mutex<BTreeSet<String>>,
     trees: Trees,
     flusher: Flusher,
     events: Arc<EventLog>,
@@ -178,6 +183,7 @@ impl Conns {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 locator: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
                 sessions: Mutex::new(HashMap::new()),
+                users: Mutex::new(BTreeSet::new()),
                 trees,
                 flusher,
                 events,
@@ -288,21 +294,13 @@ impl Inner {
     // ----- write-through -------------------------------------------------------------
 
     /// Writes a record. A write an answer depends on propagates its error; see
-    /// [`Inner::persist`] for the lazy ones. Expiry has no index in the store: the sweeper
-    /// finds it in memory, so a record is one insert.
+    /// [`Inner::persist`] for the lazy ones. A record is one insert: expiry has no index in
+    /// the store (the sweeper finds it in memory), and neither has the listing's order by
+    /// user (`users`, rebuilt from the records at start-up).
     fn write(&self, rec: &ConnRecord) -> Result<(), StoreError> {
         self.trees
             .conns
             .insert(keys::conn(&rec.id), codec::encode(rec)?)?;
-        Ok(())
-    }
-
-    /// Writes a new record and its user index.
-    fn write_new(&self, rec: &ConnRecord) -> Result<(), StoreError> {
-        self.write(rec)?;
-        self.trees
-            .conns_by_user
-            .insert(keys::by_user(&rec.user.id, rec.connected_at, &rec.id), &[])?;
         Ok(())
     }
 
@@ -314,19 +312,8 @@ impl Inner {
         }
     }
 
-    /// [`Inner::write_new`], logged (start-up recovery rebuilds what it can).
-    fn persist_new(&self, rec: &ConnRecord) {
-        if let Err(e) = self.write_new(rec) {
-            tracing::error!(error = %e, connection = %rec.id, "cannot store a connection");
-        }
-    }
-
     fn unpersist(&self, rec: &ConnRecord) {
         let _ = self.trees.conns.remove(keys::conn(&rec.id));
-        let _ =
-            self.trees
-                .conns_by_user
-                .remove(keys::by_user(&rec.user.id, rec.connected_at, &rec.id));
     }
 
     /// Removes the delivery records no replay buffer holds any more (the sweeper calls it,
@@ -361,17 +348,25 @@ impl Inner {
         if entry.live() && !reserved {
             self.attached.fetch_add(1, Ordering::Relaxed);
         }
-        let list = shard.users.entry(entry.rec.user.id.clone()).or_default();
-        // Oldest first: resumed records keep their old connectedAt.
-        let pos = list
-            .iter()
-            .position(|other| {
-                shard
-                    .conns
-                    .get(other)
-                    .is_some_and(|e| e.rec.connected_at > entry.rec.connected_at)
-            })
-            .unwrap_or(list.len());
+        let list = match shard.users.entry(entry.rec.user.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                lock(&self.users).insert(v.key().clone());
+                v.insert(Vec::new())
+            }
+        };
+        // Oldest first: resumed records keep their old connectedAt. A new connection is
+        // the newest, so the list is searched only when the last one is newer (a resume).
+        let newer = |other: &Uuid| {
+            shard
+                .conns
+                .get(other)
+                .is_some_and(|e| e.rec.connected_at > entry.rec.connected_at)
+        };
+        let pos = match list.last() {
+            Some(last) if newer(last) => list.iter().position(newer).unwrap_or(list.len()),
+            _ => list.len(),
+        };
         list.insert(pos, id);
         shard.conns.insert(id, Box::new(entry));
         self.set_location(id, Some(shard_idx));
@@ -383,6 +378,7 @@ impl Inner {
             list.retain(|c| c != id);
             if list.is_empty() {
                 shard.users.remove(&entry.rec.user.id);
+                lock(&self.users).remove(&entry.rec.user.id);
             }
         }
         if let Some(sid) = &entry.rec.session_id {

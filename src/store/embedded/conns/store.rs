@@ -218,7 +218,7 @@ impl ConnStore for Conns {
                 }
                 let mut moved = shard.conns[old_id].rec.clone();
                 moved.id = new_id;
-                inner.write_new(&moved)?;
+                inner.write(&moved)?;
                 let mut entry = inner.remove_locked(shard, old_id).expect("checked");
                 inner.unpersist(&entry.rec);
                 entry.rec = moved;

@@ -12,7 +12,6 @@ use super::{Delivered, Entry, Inner, Ring};
 use crate::codec;
 use crate::model::{ConnRecord, ConnState, EventType, StoredDelivery, MAX_SEQ};
 use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
-use crate::store::embedded::trees::keys;
 use crate::store::{Counts, RecoveryReport, StoreError, Sweep};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -59,6 +58,7 @@ impl Inner {
     pub(super) fn recover(&self) -> Result<RecoveryReport, StoreError> {
         let now = now_ms();
         let mut report = RecoveryReport::default();
+        // Written by earlier releases only: the listing's order is kept in memory now.
         self.trees.conns_by_user.clear()?;
         // Written by earlier releases only; nothing reads it.
         self.trees.conns_by_expiry.clear()?;
@@ -85,7 +85,7 @@ impl Inner {
                     json!({"reason": "server restarted"}),
                 );
             }
-            self.persist_new(&rec);
+            self.persist(&rec);
             let idx = self.shard_of_user(&rec.user.id);
             let mut shard = lock(&self.shards[idx]);
             self.insert_locked(
@@ -267,46 +267,83 @@ impl Inner {
         (list(by_state), list(by_type))
     }
 
+    /// A page of the connection listing: by user id (bytes), then connectedAt, then
+    /// connection id, from after the connection `after` (from the start when it is gone),
+    /// at most `limit`. Only `users` is read in order; each user's connections are copied
+    /// out of their shard and ordered outside its lock.
     pub(super) fn list(
         &self,
         user: Option<&str>,
         after: Option<&Uuid>,
         limit: usize,
     ) -> Vec<Value> {
-        let start = match after.and_then(|a| {
-            self.with_entry(a, |e| keys::by_user(&e.rec.user.id, e.rec.connected_at, a))
-        }) {
-            Some(k) => std::ops::Bound::Excluded(k),
-            None => match user {
-                Some(u) => std::ops::Bound::Included(keys::user_prefix(u)),
-                None => std::ops::Bound::Unbounded,
-            },
-        };
+        // Where the page starts: the cursor's (user, connectedAt, id), or a user's first.
+        let cursor = after
+            .and_then(|a| self.with_entry(a, |e| (e.rec.user.id.clone(), e.rec.connected_at, *a)));
         let mut out = Vec::new();
-        for item in self
-            .trees
-            .conns_by_user
-            .range((start, std::ops::Bound::Unbounded))
-        {
-            let Ok((k, _)) = item else { break };
-            if let Some(u) = user {
-                if !k.starts_with(&keys::user_prefix(u)) {
-                    break;
-                }
-            }
-            let Some(id) = k
-                .len()
-                .checked_sub(16)
-                .and_then(|at| Uuid::from_slice(&k[at..]).ok())
-            else {
-                continue;
+        let mut from: Option<String> = match (&cursor, user) {
+            (Some((u, _, _)), _) => Some(u.clone()),
+            (None, Some(u)) => Some(u.to_string()),
+            (None, None) => None,
+        };
+        let mut first = true;
+        while out.len() < limit {
+            // The next users in order, a page's worth at a time, not the whole set.
+            let batch: Vec<String> = {
+                let users = lock(&self.users);
+                let range = match &from {
+                    None => users.range::<String, _>(..),
+                    Some(f) if first => users.range::<String, _>(f.clone()..),
+                    Some(f) => users.range::<String, _>((
+                        std::ops::Bound::Excluded(f.clone()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                };
+                // A user's own listing needs only that user.
+                let want = if user.is_some() { 1 } else { limit - out.len() };
+                range.take(want).cloned().collect()
             };
-            if let Some(info) = self.with_entry(&id, |e| self.info(&e.rec)) {
-                out.push(info);
-                if out.len() >= limit {
-                    break;
+            first = false;
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
+            for u in &batch {
+                if user.is_some_and(|want| want != u) {
+                    return out;
+                }
+                let mut conns: Vec<(i64, Uuid)> = {
+                    let shard = lock(&self.shards[self.shard_of_user(u)]);
+                    shard
+                        .users
+                        .get(u)
+                        .map(|ids| {
+                            ids.iter()
+                                .filter_map(|id| {
+                                    shard.conns.get(id).map(|e| (e.rec.connected_at, *id))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                conns.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
+                for (at, id) in conns {
+                    if let Some((cu, cat, cid)) = &cursor {
+                        if cu == u && (at, id.as_bytes()) <= (*cat, cid.as_bytes()) {
+                            continue;
+                        }
+                    }
+                    if let Some(info) = self.with_entry(&id, |e| self.info(&e.rec)) {
+                        out.push(info);
+                        if out.len() >= limit {
+                            return out;
+                        }
+                    }
                 }
             }
+            if user.is_some() {
+                break;
+            }
+            from = Some(last);
         }
         out
     }
