@@ -126,7 +126,7 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
     let trees = Trees::open(dir, CACHE_BYTES).expect("open the store");
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(BUS_CAPACITY));
     let metrics = Arc::new(Metrics::default());
-    let events = Arc::new(EventLog::open(trees.events.clone(), EVENT_LOG_MAX, bus));
+    let events = EventLog::open(trees.events.clone(), EVENT_LOG_MAX, bus);
     let flusher = Flusher::start(
         trees.db.clone(),
         Durability::Relaxed,
@@ -134,6 +134,13 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
         Duration::from_secs(5),
         tether::space::Space::start(dir, Some(0)),
     );
+    // As the store wires it: the events logged go to sled before each flush.
+    let drained = Arc::downgrade(&events);
+    flusher.before_flush(move || {
+        if let Some(log) = drained.upgrade() {
+            log.drain();
+        }
+    });
     let limits = Limits {
         max_per_user: 1_000,
         max_total: 10 * CONNECTIONS,

@@ -190,7 +190,7 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
         "connectionsByState": by_state,
         "unreadableConnections": unreadable,
         "sessions": trees.sessions.len(),
-        "events": trees.events.len(),
+        "events": crate::store::embedded::events::count_in(&trees.events),
         "deliveries": trees.deliveries.len(),
         "sizeOnDiskBytes": trees.size_on_disk(),
     });
@@ -208,7 +208,10 @@ pub fn inspect(args: InspectArgs) -> Result<(), String> {
     }
     out += &format!("  unreadable     {unreadable}\n");
     out += &format!("sessions         {}\n", trees.sessions.len());
-    out += &format!("events           {}\n", trees.events.len());
+    out += &format!(
+        "events           {}\n",
+        crate::store::embedded::events::count_in(&trees.events)
+    );
     out += &format!("deliveries       {}\n", trees.deliveries.len());
     out += &format!("size on disk     {} bytes\n", trees.size_on_disk());
     print_report(&out)

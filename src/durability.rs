@@ -92,7 +92,12 @@ struct Inner {
     failure: Mutex<Option<String>>,
     refused: AtomicU64,
     timeouts: AtomicU64,
+    /// Runs on the flush's thread just before each flush (the event log writes what it
+    /// holds in memory): see [`Flusher::before_flush`].
+    before: Mutex<Option<BeforeFlush>>,
 }
+
+type BeforeFlush = Arc<dyn Fn() + Send + Sync>;
 
 /// What the flusher publishes to waiters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -130,10 +135,18 @@ impl Flusher {
             failure: Mutex::new(None),
             refused: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            before: Mutex::new(None),
         });
         let task = Arc::downgrade(&inner);
         tokio::spawn(async move { run(task).await });
         Flusher { inner }
+    }
+
+    /// Sets what runs just before every flush, on the flush's blocking thread, after the
+    /// flush took its id: whatever was handed to `f`'s owner before a writer took its
+    /// ticket is in sled when the flush that covers the ticket starts.
+    pub fn before_flush(&self, f: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.inner.before) = Some(Arc::new(f));
     }
 
     /// Asked before a write that will be acknowledged (an API write, a connect, a
@@ -336,7 +349,13 @@ async fn flush(me: &Arc<Inner>) -> Result<(), StoreUnwritable> {
     me.flush_health()?;
     let id = me.next.fetch_add(1, Ordering::SeqCst);
     let db = me.db.clone();
-    let mut task = tokio::task::spawn_blocking(move || db.flush().map(|_| ()));
+    let before = lock(&me.before).clone();
+    let mut task = tokio::task::spawn_blocking(move || {
+        if let Some(f) = before {
+            f();
+        }
+        db.flush().map(|_| ())
+    });
     match tokio::time::timeout(me.timeout, &mut task).await {
         Ok(joined) => me.settle(id, outcome(joined)),
         Err(_) => {

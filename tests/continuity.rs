@@ -34,7 +34,20 @@ async fn kill9_finds_every_acknowledged_connection(mode: &str) {
         ids.push(welcome["connectionId"].as_str().unwrap().to_string());
         sockets.push(ws);
     }
-    // The last welcome was just read: kill at once, before sled's own 500 ms flush.
+    // The newest connection moves to a new id (an acknowledged write that logs an event).
+    let migrated = uuid::Uuid::new_v4().to_string();
+    let r = server
+        .admin(
+            reqwest::Method::POST,
+            &format!("/v1/connections/{}/migrate", ids[59]),
+        )
+        .json(&json!({ "newConnectionId": migrated }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    ids[59] = migrated.clone();
+    // The last answer was just read: kill at once, before sled's own 500 ms flush.
     server.kill9().await;
     drop(sockets);
     server.restart().await;
@@ -46,6 +59,16 @@ async fn kill9_finds_every_acknowledged_connection(mode: &str) {
         );
         assert_eq!(info["state"], "detached");
     }
+    // The event an acknowledged write logged is as durable as the write: the migrate's.
+    let (status, events) = server
+        .get_json(&format!("/v1/events?connectionId={migrated}&type=migrated"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        events.as_array().map(Vec::len),
+        Some(1),
+        "the migrate acknowledged before kill -9 lost its event in {mode} mode: {events}"
+    );
     let (_, health) = server.get_json("/v1/health").await;
     assert_eq!(health["detachedConnections"], 60);
 }

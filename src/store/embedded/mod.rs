@@ -116,11 +116,14 @@ impl EmbeddedStore {
             state: std::sync::Mutex::new((event_seq, false)),
         });
         tokio::spawn(ManifestWriter::run(Arc::downgrade(&manifest)));
-        let events = Arc::new(events::EventLog::open(
-            trees.events.clone(),
-            config.event_log_max,
-            bus.clone(),
-        ));
+        let events =
+            events::EventLog::open(trees.events.clone(), config.event_log_max, bus.clone());
+        let drained = Arc::downgrade(&events);
+        flusher.before_flush(move || {
+            if let Some(log) = drained.upgrade() {
+                log.drain();
+            }
+        });
         let conns = conns::Conns::new(
             trees.clone(),
             flusher.clone(),
@@ -181,6 +184,7 @@ impl StoreAdmin for EmbeddedStore {
             // mid-copy.
             let _frozen = me.conns.freeze();
             let _sessions = me.sessions.freeze();
+            me.events.drain();
             snapshot::write_snapshot(&me.trees, &secrets, Vec::new())
         })
         .await
@@ -195,12 +199,18 @@ impl StoreAdmin for EmbeddedStore {
         // Lazy fields (last activity, rate-limit windows) and the manifest's record only; on
         // a disk under its reserve they could be the writes that fill it.
         let writable = self.flusher.writable().is_ok();
-        if writable {
-            let me = self.clone();
-            let _ = tokio::task::spawn_blocking(move || me.conns.persist_all()).await;
-        } else {
+        if !writable {
             tracing::warn!("the store refuses writes: last-activity times are not written back");
         }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if writable {
+                me.conns.persist_all();
+            }
+            // As every flush does: the manifest's event seq below must count them.
+            me.events.drain();
+        })
+        .await;
         let event_seq = self.trees.event_high_water();
         self.flusher.flush_now().await?;
         // What a copy of the stopped directory must hold, checked at its next start.

@@ -223,12 +223,24 @@ fn check_record(tree: &str, k: &[u8], v: &[u8]) -> Result<(), String> {
             empty(v)
         }
         "events" => {
-            let seq = be_u64(k)?;
-            let ev: StoredEvent = decode(v).map_err(undecodable)?;
-            if ev.seq != seq {
-                return Err(format!("it holds event {}", ev.seq));
+            let Some((first, last)) = crate::store::embedded::events::key_span(k) else {
+                return Err(format!(
+                    "a key of {} bytes, not 8 (an event) or 16 (a batch)",
+                    k.len()
+                ));
+            };
+            let evs: Vec<StoredEvent> =
+                crate::store::embedded::events::decode_value(k, v).map_err(undecodable)?;
+            let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+            let dense = seqs.iter().copied().eq(first..=last);
+            if !dense {
+                return Err(if k.len() == 8 {
+                    format!("it holds event {}", seqs.first().copied().unwrap_or(0))
+                } else {
+                    format!("it holds events {seqs:?}, not {first} to {last}")
+                });
             }
-            ev.check()
+            evs.iter().try_for_each(StoredEvent::check)
         }
         "sessions" => {
             let s: SessionRecord = decode(v).map_err(undecodable)?;

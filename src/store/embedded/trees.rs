@@ -9,7 +9,7 @@
 //! | `conns` | connection id (16 bytes) | [`crate::model::ConnRecord`] |
 //! | `conns_by_user` | user id, 0, connectedAt (8), connection id | empty; no longer written (the listing's order by user is kept in memory), emptied at start-up |
 //! | `conns_by_expiry` | expiresAt (8), connection id | empty; no longer written (expiry is found in memory), emptied at start-up |
-//! | `events` | event seq (8) | [`crate::model::StoredEvent`] |
+//! | `events` | event seq (8), or a batch's first and last seq (16) | [`crate::model::StoredEvent`], or the batch's events in seq order (see [`super::events::EventLog`]) |
 //! | `sessions` | session id | [`crate::model::SessionRecord`] |
 //! | `sessions_by_user` | user id, 0, session id | empty |
 //! | `deliveries` | delivery id (8) | [`crate::model::StoredDelivery`]: one per message sent, with every (connection, seq) it went to |
@@ -262,8 +262,8 @@ impl Trees {
             .keys()
             .next_back()
             .and_then(Result::ok)
-            .and_then(|k| k.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0)
+            .and_then(|k| super::events::key_span(&k))
+            .map_or(0, |(_, last)| last)
     }
 
     /// Writes `store.manifest`: the store's id, `event_seq` (read with
