@@ -20,12 +20,54 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// How many bytes of the OS's randomness a thread fetches at a time.
+const RANDOM_AHEAD: usize = 4096;
+
+thread_local! {
+    /// Bytes fetched from the OS and not handed out yet, and where they start.
+    static AHEAD: std::cell::RefCell<(Box<[u8; RANDOM_AHEAD]>, usize)> =
+        std::cell::RefCell::new((Box::new([0; RANDOM_AHEAD]), RANDOM_AHEAD));
+}
+
+/// Fills `out` with the operating system's randomness.
+///
+/// Every byte comes from the OS's generator (`getrandom`) and is handed out once; a thread
+/// fetches 4 KiB at a time and wipes what it hands out, so a connect (an id and a resume
+/// token) costs no system call of its own, where it cost two.
+///
+/// Panics only if the OS has no randomness to give, where nothing safe can be done.
+pub fn fill_random(out: &mut [u8]) {
+    if out.len() > RANDOM_AHEAD / 4 {
+        getrandom::fill(out).expect("the operating system's random number generator failed");
+        return;
+    }
+    AHEAD.with(|ahead| {
+        let (buf, at) = &mut *ahead.borrow_mut();
+        if RANDOM_AHEAD - *at < out.len() {
+            getrandom::fill(&mut buf[..])
+                .expect("the operating system's random number generator failed");
+            *at = 0;
+        }
+        let taken = &mut buf[*at..*at + out.len()];
+        out.copy_from_slice(taken);
+        taken.fill(0);
+        *at += out.len();
+    });
+}
+
+/// A new random (version 4) UUID, from [`fill_random`].
+pub fn new_uuid() -> uuid::Uuid {
+    let mut b = [0u8; 16];
+    fill_random(&mut b);
+    uuid::Builder::from_random_bytes(b).into_uuid()
+}
+
 /// `bytes` random bytes from the OS, base64url without padding.
 ///
 /// Panics only if the OS has no randomness to give, where nothing safe can be done.
 pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the operating system's random number generator failed");
+    fill_random(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
 }
 
@@ -65,5 +107,23 @@ mod tests {
         assert!(format!("{token}{session}")
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+
+    #[test]
+    fn random_bytes_are_never_handed_out_twice_and_ids_are_version_4() {
+        // More than one fetch's worth, in sizes that do not divide it.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let mut b = [0u8; 24];
+            fill_random(&mut b);
+            assert!(seen.insert(b), "a repeat");
+        }
+        let mut big = vec![0u8; 5000];
+        fill_random(&mut big);
+        assert!(big.iter().any(|&b| b != 0));
+        let id = new_uuid();
+        assert_eq!(id.get_version(), Some(uuid::Version::Random));
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(id, new_uuid());
     }
 }

@@ -165,7 +165,7 @@ impl Node {
         let meta = self.metadata(hs, &identity.user, kind);
         let user = identity.user.id.clone();
         let new = NewConn {
-            id: Uuid::new_v4(),
+            id: crate::auth::new_uuid(),
             user: identity.user,
             session_id: identity.session_id,
             meta,
