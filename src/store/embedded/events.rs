@@ -247,7 +247,16 @@ impl EventLog {
                 // A batch from before the cutoff to after it: keep its newer part.
                 let kept: Vec<StoredEvent> = match decode_value(&k, &v) {
                     Ok(evs) => evs.into_iter().filter(|e| e.seq >= cutoff).collect(),
-                    Err(_) => return,
+                    Err(e) => {
+                        // Its older part would go now anyway, and none of it can be served:
+                        // left in place, it would stop the trimming for good.
+                        tracing::error!(error = %e, first, last, "removing a batch of connection events that does not decode");
+                        if self.tree.remove(&k).is_ok() {
+                            self.stored
+                                .fetch_sub(last.saturating_sub(first) + 1, Ordering::SeqCst);
+                        }
+                        break;
+                    }
                 };
                 let mut key = cutoff.to_be_bytes().to_vec();
                 key.extend_from_slice(&last.to_be_bytes());
@@ -427,5 +436,30 @@ mod tests {
             vec![7, 8, 9, 10, 11, 12],
             "numbered on from the last"
         );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_batch_across_the_cutoff_does_not_stop_the_trimming() {
+        let (_dir, tree) = tree();
+        let log = EventLog::open(tree.clone(), 4, Arc::new(MemoryBus::new(4)));
+        for _ in 0..3 {
+            log.log(Uuid::nil(), "u", EventType::Connected, json!({}));
+        }
+        log.drain();
+        // The batch 1..3 is damaged on disk.
+        let key: Vec<u8> = [1u64.to_be_bytes(), 3u64.to_be_bytes()].concat();
+        tree.insert(&key, vec![codec::FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        for _ in 0..3 {
+            log.log(Uuid::nil(), "u", EventType::Connected, json!({}));
+        }
+        log.drain();
+        // 6 events, 4 kept: the damaged batch straddles the cutoff (3) and goes.
+        assert_eq!(keys(&tree), vec![(4, 6)]);
+        assert_eq!(seqs(&log), vec![4, 5, 6]);
+        for _ in 0..2 {
+            log.log(Uuid::nil(), "u", EventType::Connected, json!({}));
+        }
+        assert_eq!(seqs(&log), vec![5, 6, 7, 8], "trimming goes on");
     }
 }
