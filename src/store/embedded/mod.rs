@@ -202,15 +202,16 @@ impl StoreAdmin for EmbeddedStore {
         if !writable {
             tracing::warn!("the store refuses writes: last-activity times are not written back");
         }
-        let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if writable {
+        if writable {
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
                 me.conns.persist_all();
-            }
-            // As every flush does: the manifest's event seq below must count them.
-            me.events.drain();
-        })
-        .await;
+                // As every flush does: the manifest's event seq below must count them.
+                // (Refusing writes, the flush below drains them, under its timeout.)
+                me.events.drain();
+            })
+            .await;
+        }
         let event_seq = self.trees.event_high_water();
         self.flusher.flush_now().await?;
         // What a copy of the stopped directory must hold, checked at its next start.
