@@ -135,12 +135,7 @@ fn store(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Conns {
         tether::space::Space::start(dir, Some(0)),
     );
     // As the store wires it: the events logged go to sled before each flush.
-    let drained = Arc::downgrade(&events);
-    flusher.before_flush(move || {
-        if let Some(log) = drained.upgrade() {
-            log.drain();
-        }
-    });
+    events.drain_before_flushes(&flusher);
     let limits = Limits {
         max_per_user: 1_000,
         max_total: 10 * CONNECTIONS,

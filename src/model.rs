@@ -269,13 +269,19 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     pub fn to_json(&self) -> Value {
+        let details = serde_json::from_str::<Value>(&self.details_json).unwrap_or(Value::Null);
+        self.to_json_with(details)
+    }
+
+    /// [`StoredEvent::to_json`] with `details` as given (the event's own, not parsed again).
+    pub fn to_json_with(&self, details: Value) -> Value {
         json!({
             "seq": self.seq,
             "connectionId": self.connection_id,
             "userId": self.user_id,
             "eventType": self.event_type.as_str(),
             "timestamp": rfc3339(self.timestamp),
-            "details": serde_json::from_str::<Value>(&self.details_json).unwrap_or(Value::Null),
+            "details": details,
         })
     }
 }

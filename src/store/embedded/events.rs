@@ -179,21 +179,38 @@ impl EventLog {
             timestamp: 0,
             details_json: details.to_string(),
         };
-        let json = {
+        // Only the numbering and the push under the lock; the bus's copy is made after it.
+        let (seq, timestamp) = {
             let mut pending = lock(&self.pending);
             ev.seq = pending.next;
             ev.timestamp = now_ms();
             pending.next = pending.next.saturating_add(1);
-            let json = self
-                .bus
-                .has_subscribers(Channel::ConnectionEvents)
-                .then(|| ev.to_json());
+            let numbered = (ev.seq, ev.timestamp);
             pending.events.push(ev);
-            json
+            numbered
         };
-        if let Some(v) = json {
-            let _ = self.outgoing.send(v);
+        if self.bus.has_subscribers(Channel::ConnectionEvents) {
+            let shown = StoredEvent {
+                seq,
+                connection_id,
+                user_id: user_id.to_string(),
+                event_type,
+                timestamp,
+                details_json: String::new(),
+            };
+            let _ = self.outgoing.send(shown.to_json_with(details));
         }
+    }
+
+    /// Has `flusher` drain this log just before each of its flushes (see
+    /// [`crate::durability::Flusher::before_flush`]): how the store wires it.
+    pub fn drain_before_flushes(self: &Arc<Self>, flusher: &crate::durability::Flusher) {
+        let log = Arc::downgrade(self);
+        flusher.before_flush(move || {
+            if let Some(log) = log.upgrade() {
+                log.drain();
+            }
+        });
     }
 
     /// Writes the pending events to sled as one key, then trims the oldest past

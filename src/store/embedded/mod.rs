@@ -118,12 +118,7 @@ impl EmbeddedStore {
         tokio::spawn(ManifestWriter::run(Arc::downgrade(&manifest)));
         let events =
             events::EventLog::open(trees.events.clone(), config.event_log_max, bus.clone());
-        let drained = Arc::downgrade(&events);
-        flusher.before_flush(move || {
-            if let Some(log) = drained.upgrade() {
-                log.drain();
-            }
-        });
+        events.drain_before_flushes(&flusher);
         let conns = conns::Conns::new(
             trees.clone(),
             flusher.clone(),
