@@ -270,17 +270,31 @@ pub struct StoredEvent {
 impl StoredEvent {
     pub fn to_json(&self) -> Value {
         let details = serde_json::from_str::<Value>(&self.details_json).unwrap_or(Value::Null);
-        self.to_json_with(details)
+        Self::json(
+            self.seq,
+            self.connection_id,
+            &self.user_id,
+            self.event_type,
+            self.timestamp,
+            details,
+        )
     }
 
-    /// [`StoredEvent::to_json`] with `details` as given (the event's own, not parsed again).
-    pub fn to_json_with(&self, details: Value) -> Value {
+    /// An event's JSON from its parts, `details` as given (not parsed back from a string).
+    pub fn json(
+        seq: u64,
+        connection_id: Uuid,
+        user_id: &str,
+        event_type: EventType,
+        timestamp: Millis,
+        details: Value,
+    ) -> Value {
         json!({
-            "seq": self.seq,
-            "connectionId": self.connection_id,
-            "userId": self.user_id,
-            "eventType": self.event_type.as_str(),
-            "timestamp": rfc3339(self.timestamp),
+            "seq": seq,
+            "connectionId": connection_id,
+            "userId": user_id,
+            "eventType": event_type.as_str(),
+            "timestamp": rfc3339(timestamp),
             "details": details,
         })
     }

@@ -44,6 +44,31 @@ pub fn decode_value(k: &[u8], v: &[u8]) -> Result<Vec<StoredEvent>, codec::Codec
     }
 }
 
+/// The key and value that store `events` (consecutive seqs, oldest first): an event alone
+/// under its 8-byte seq, more as one batch under a 16-byte key.
+fn entry(events: &[StoredEvent]) -> Result<(Vec<u8>, Vec<u8>), codec::CodecError> {
+    let (first, last) = match (events.first(), events.last()) {
+        (Some(f), Some(l)) => (f.seq, l.seq),
+        _ => return Err(codec::CodecError::Encode("no events".into())),
+    };
+    let mut key = first.to_be_bytes().to_vec();
+    if events.len() == 1 {
+        return Ok((key, codec::encode(&events[0])?));
+    }
+    key.extend_from_slice(&last.to_be_bytes());
+    Ok((key, codec::encode(&events)?))
+}
+
+/// The newest seq `tree` holds below 2^53 (0 when none).
+pub fn high_water(tree: &sled::Tree) -> u64 {
+    tree.range(..EventLog::past_max())
+        .keys()
+        .next_back()
+        .and_then(Result::ok)
+        .and_then(|k| key_span(&k))
+        .map_or(0, |(_, last)| last)
+}
+
 /// How many events the keys of `tree` below 2^53 hold (`tether inspect`, start-up).
 pub fn count_in(tree: &sled::Tree) -> u64 {
     tree.range(..EventLog::past_max())
@@ -107,21 +132,14 @@ impl EventLog {
                  they are left in the store untouched and are not served"
             );
         }
-        let span = |kv: Option<sled::IVec>| kv.as_deref().and_then(key_span);
-        let last = span(
-            tree.range(..Self::past_max())
-                .keys()
-                .next_back()
-                .and_then(Result::ok),
-        )
-        .map_or(0, |(_, last)| last);
-        let first = span(
-            tree.range(..Self::past_max())
-                .keys()
-                .next()
-                .and_then(Result::ok),
-        )
-        .map_or(last + 1, |(first, _)| first);
+        let last = high_water(&tree);
+        let first = tree
+            .range(..Self::past_max())
+            .keys()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|k| key_span(&k))
+            .map_or(last + 1, |(first, _)| first);
         let stored = count_in(&tree);
         let (outgoing, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
         let publisher = bus.clone();
@@ -190,15 +208,9 @@ impl EventLog {
             numbered
         };
         if self.bus.has_subscribers(Channel::ConnectionEvents) {
-            let shown = StoredEvent {
-                seq,
-                connection_id,
-                user_id: user_id.to_string(),
-                event_type,
-                timestamp,
-                details_json: String::new(),
-            };
-            let _ = self.outgoing.send(shown.to_json_with(details));
+            let shown =
+                StoredEvent::json(seq, connection_id, user_id, event_type, timestamp, details);
+            let _ = self.outgoing.send(shown);
         }
     }
 
@@ -219,18 +231,11 @@ impl EventLog {
     pub fn drain(&self) {
         let _one = lock(&self.draining);
         let events = std::mem::take(&mut lock(&self.pending).events);
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
-        let (first, last, n) = (first.seq, last.seq, events.len() as u64);
-        let written = if n == 1 {
-            codec::encode(&events[0]).map(|v| (first.to_be_bytes().to_vec(), v))
-        } else {
-            let mut key = first.to_be_bytes().to_vec();
-            key.extend_from_slice(&last.to_be_bytes());
-            codec::encode(&events).map(|v| (key, v))
-        };
-        match written {
+        let n = events.len() as u64;
+        match entry(&events) {
             Ok((key, value)) => match self.tree.insert(key, value) {
                 Ok(_) => {
                     self.stored.fetch_add(n, Ordering::SeqCst);
@@ -275,9 +280,7 @@ impl EventLog {
                         break;
                     }
                 };
-                let mut key = cutoff.to_be_bytes().to_vec();
-                key.extend_from_slice(&last.to_be_bytes());
-                let Ok(value) = codec::encode(&kept) else {
+                let Ok((key, value)) = entry(&kept) else {
                     return;
                 };
                 if self.tree.insert(key, value).is_ok() && self.tree.remove(&k).is_ok() {

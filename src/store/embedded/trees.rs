@@ -257,13 +257,7 @@ impl Trees {
 
     /// The newest event seq stored (seqs past 2^53 are damage, see [`crate::model::MAX_SEQ`]).
     pub fn event_high_water(&self) -> u64 {
-        self.events
-            .range(..(crate::model::MAX_SEQ + 1).to_be_bytes())
-            .keys()
-            .next_back()
-            .and_then(Result::ok)
-            .and_then(|k| super::events::key_span(&k))
-            .map_or(0, |(_, last)| last)
+        super::events::high_water(&self.events)
     }
 
     /// Writes `store.manifest`: the store's id, `event_seq` (read with
