@@ -15,6 +15,7 @@ use crate::protocol::{Disconnect, FrameKind, FrameTemplate};
 use crate::store::{Counts, RecoveryReport, StoreError, Sweep};
 use crate::sync::lock;
 use crate::time::now_ms;
+use std::ops::Bound;
 
 impl Inner {
     // ----- expiry and recovery -------------------------------------------------------
@@ -281,29 +282,25 @@ impl Inner {
         let cursor = after
             .and_then(|a| self.with_entry(a, |e| (e.rec.user.id.clone(), e.rec.connected_at, *a)));
         let mut out = Vec::new();
-        let mut from: Option<String> = match (&cursor, user) {
-            (Some((u, _, _)), _) => Some(u.clone()),
-            (None, Some(u)) => Some(u.to_string()),
-            (None, None) => None,
+        // The users still to list from: the cursor's own (past its connection), or the one
+        // asked for, or all; after each batch, those past its last.
+        let mut from: Bound<String> = match (&cursor, user) {
+            (Some((u, _, _)), _) => Bound::Included(u.clone()),
+            (None, Some(u)) => Bound::Included(u.to_string()),
+            (None, None) => Bound::Unbounded,
         };
-        let mut first = true;
         while out.len() < limit {
             // The next users in order, a page's worth at a time, not the whole set.
             let batch: Vec<String> = {
                 let users = lock(&self.users);
-                let range = match &from {
-                    None => users.range::<String, _>(..),
-                    Some(f) if first => users.range::<String, _>(f.clone()..),
-                    Some(f) => users.range::<String, _>((
-                        std::ops::Bound::Excluded(f.clone()),
-                        std::ops::Bound::Unbounded,
-                    )),
-                };
                 // A user's own listing needs only that user.
                 let want = if user.is_some() { 1 } else { limit - out.len() };
-                range.take(want).cloned().collect()
+                users
+                    .range::<String, _>((from.clone(), Bound::Unbounded))
+                    .take(want)
+                    .cloned()
+                    .collect()
             };
-            first = false;
             let Some(last) = batch.last().cloned() else {
                 break;
             };
@@ -325,10 +322,11 @@ impl Inner {
                         })
                         .unwrap_or_default()
                 };
-                conns.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
+                // A Uuid orders by its bytes: the order the sled index kept.
+                conns.sort_unstable();
                 for (at, id) in conns {
                     if let Some((cu, cat, cid)) = &cursor {
-                        if cu == u && (at, id.as_bytes()) <= (*cat, cid.as_bytes()) {
+                        if cu == u && (at, id) <= (*cat, *cid) {
                             continue;
                         }
                     }
@@ -343,7 +341,7 @@ impl Inner {
             if user.is_some() {
                 break;
             }
-            from = Some(last);
+            from = Bound::Excluded(last);
         }
         out
     }
