@@ -36,7 +36,7 @@ thread_local! {
 /// token) costs no system call of its own, where it cost two.
 ///
 /// Panics only if the OS has no randomness to give, where nothing safe can be done.
-pub fn fill_random(out: &mut [u8]) {
+fn fill_random(out: &mut [u8]) {
     if out.len() > RANDOM_AHEAD / 4 {
         getrandom::fill(out).expect("the operating system's random number generator failed");
         return;

@@ -47,7 +47,7 @@ pub use api_keys::{
     api_key_shape, check_key_name, check_keys, check_permissions, is_valid_api_key, new_api_key,
     ApiKey, KeyProblem, Permission, ADMIN_KEY_NAME, API_KEY_MIN_LEN, API_KEY_PREFIX, PERMISSIONS,
 };
-pub use crypto::{ct_eq, fill_random, new_session_id, new_token, new_uuid, random_token, sha256};
+pub use crypto::{ct_eq, new_session_id, new_token, new_uuid, random_token, sha256};
 pub use jwt::{mint, MAX_LEEWAY_SECONDS};
 pub use keys::MIN_HMAC_SECRET_BYTES;
 

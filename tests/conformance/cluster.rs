@@ -370,7 +370,6 @@ pub async fn a_slow_subscriber_is_told_what_it_missed(o: &Opened) {
     assert_eq!(bus.lagged(), lagged);
 }
 
-/// How many times Redis ran `cmd` (scripts' calls included) since the last `CONFIG RESETSTAT`.
 /// A Redis store on a server of its own, with room for `per_user` connections of one user
 /// and `total` in all. The server lives as long as the first value is kept.
 async fn store_with_room(per_user: usize, total: usize) -> (RedisServer, String, RedisStore) {
@@ -383,6 +382,7 @@ async fn store_with_room(per_user: usize, total: usize) -> (RedisServer, String,
     (server, url, store)
 }
 
+/// How many times Redis ran `cmd` (scripts' calls included) since the last `CONFIG RESETSTAT`.
 async fn calls_of(con: &mut ::redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
     let info: String = ::redis::cmd("INFO")
         .arg("commandstats")
