@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -218,21 +218,42 @@ impl Admission {
         }
     }
 
-    /// The HTTP connection is over (closed, or handed to the WebSocket transport).
+    /// The HTTP connection is over (closed, or handed to the WebSocket transport). Its
+    /// descriptor leaves the estimate with its [`FdHold`].
     pub(super) fn forget(&self, slot: &Slot) {
-        {
-            let mut lists = self.lists();
-            if slot.idle.swap(false, Ordering::Relaxed) {
-                lists.idle.remove(&slot.id);
-            }
-            // A `/ws` upgrade took the pending state along in its token.
-            if !slot.handed.load(Ordering::Relaxed) && slot.pending.swap(false, Ordering::Relaxed) {
-                lists.pending.remove(&slot.id);
-            }
+        let mut lists = self.lists();
+        if slot.idle.swap(false, Ordering::Relaxed) {
+            lists.idle.remove(&slot.id);
         }
-        // An upgraded socket lives on; its descriptor is found by the next count.
-        if !slot.upgraded.load(Ordering::Relaxed) && slot.counted.swap(false, Ordering::Relaxed) {
-            self.fds.closed();
+        // A `/ws` upgrade took the pending state along in its token.
+        if !slot.handed.load(Ordering::Relaxed) && slot.pending.swap(false, Ordering::Relaxed) {
+            lists.pending.remove(&slot.id);
+        }
+    }
+}
+
+/// An accepted socket's place in the open-file estimate, given back when this is dropped:
+/// with the HTTP connection, or, after an upgrade, with the transport that took the socket
+/// ([`super::Watched::into_parts`]). A connection shed near the limit gives its place back
+/// at once; this then gives back nothing.
+pub struct FdHold {
+    counted: Arc<AtomicBool>,
+    admission: Arc<Admission>,
+}
+
+impl FdHold {
+    pub(super) fn new(slot: &Slot, admission: &Arc<Admission>) -> FdHold {
+        FdHold {
+            counted: slot.counted.clone(),
+            admission: admission.clone(),
+        }
+    }
+}
+
+impl Drop for FdHold {
+    fn drop(&mut self) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            self.admission.fds.closed();
         }
     }
 }
@@ -312,6 +333,33 @@ impl Every {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_leaves_the_file_estimate_once_with_its_hold() {
+        let admission = Admission::new(&Config::default());
+        let base = admission.fds.open();
+        let slots: Vec<_> = (0..3).map(|i| Arc::new(Slot::new(i))).collect();
+        let holds: Vec<_> = slots
+            .iter()
+            .map(|s| {
+                admission.fds.opened();
+                FdHold::new(s, &admission)
+            })
+            .collect();
+        assert_eq!(admission.fds.open(), base + 3);
+        // Shed: given back at once, and not again when its hold goes.
+        admission.shed(&slots[0]);
+        assert_eq!(admission.fds.open(), base + 2);
+        let mut holds = holds.into_iter();
+        drop(holds.next());
+        assert_eq!(admission.fds.open(), base + 2);
+        // The others when their holds go, whoever holds them (the slot may be long gone).
+        drop(slots);
+        drop(holds.next());
+        assert_eq!(admission.fds.open(), base + 1);
+        drop(holds);
+        assert_eq!(admission.fds.open(), base);
+    }
 
     #[test]
     fn every_logs_the_first_then_counts() {

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use warp::http::{Request, Response};
 
-use super::admission::Admitted;
+use super::admission::{Admitted, FdHold};
 use super::clock::{instant, now_ms};
 use super::front::{ConnAbort, Front, Inner, RequestBody};
 use super::Timeouts;
@@ -42,10 +42,9 @@ pub(crate) struct Slot {
     pub(super) pending: AtomicBool,
     /// A `/ws` request took the pending state along ([`super::Pending`]).
     pub(super) handed: AtomicBool,
-    /// The connection was upgraded: its socket lives on outside this module.
-    pub(super) upgraded: AtomicBool,
-    /// Its descriptor is in the open-file estimate (see [`super::fds`]).
-    pub(super) counted: AtomicBool,
+    /// Its descriptor is in the open-file estimate (see [`super::fds`]); shared with its
+    /// [`FdHold`], which outlives the slot once the socket is upgraded.
+    pub(super) counted: Arc<AtomicBool>,
     /// Listed as idle.
     pub(super) idle: AtomicBool,
     shed: AtomicBool,
@@ -77,8 +76,7 @@ impl Slot {
             accepted_at: now_ms(),
             pending: AtomicBool::new(true),
             handed: AtomicBool::new(false),
-            upgraded: AtomicBool::new(false),
-            counted: AtomicBool::new(true),
+            counted: Arc::new(AtomicBool::new(true)),
             idle: AtomicBool::new(false),
             shed: AtomicBool::new(false),
             shed_notify: Notify::new(),
@@ -171,15 +169,17 @@ impl Slot {
 }
 
 /// The socket as hyper sees it: a TCP stream that tells the [`Slot`] when bytes arrive.
-/// The WebSocket upgrade takes the stream back out with [`Watched::into_inner`].
+/// The WebSocket upgrade takes the stream back out with [`Watched::into_parts`].
 pub struct Watched {
     tcp: TcpStream,
     slot: Arc<Slot>,
+    hold: FdHold,
 }
 
 impl Watched {
-    pub fn into_inner(self) -> TcpStream {
-        self.tcp
+    /// The stream, and its place in the open-file estimate: keep that as long as the stream.
+    pub fn into_parts(self) -> (TcpStream, FdHold) {
+        (self.tcp, self.hold)
     }
 }
 
@@ -254,6 +254,7 @@ impl Admitted {
             let io = TokioIo::new(Watched {
                 tcp,
                 slot: slot.clone(),
+                hold: FdHold::new(&slot, &admission),
             });
             let abort = ConnAbort::default();
             let front = Front::new(routes, peer, slot.clone(), admission.clone(), abort.clone());

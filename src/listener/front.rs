@@ -106,9 +106,7 @@ where
             } else {
                 res
             };
-            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                slot.upgraded.store(true, Relaxed);
-            } else {
+            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                 // A request completed: the connection is no longer pending.
                 admission.settle(&slot);
             }

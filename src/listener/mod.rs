@@ -31,7 +31,7 @@ mod connection;
 pub mod fds;
 mod front;
 
-pub use admission::{Admission, Admitted, Pending};
+pub use admission::{Admission, Admitted, FdHold, Pending};
 pub use connection::Watched;
 pub use front::{boxed, ConnAbort, Inner, PeerAddr, RequestBody};
 

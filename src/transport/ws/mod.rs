@@ -32,7 +32,7 @@ use warp::reply::Reply;
 use super::PeerAddr;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Handle, Outbox};
-use crate::listener::Pending;
+use crate::listener::{FdHold, Pending};
 use crate::node::Node;
 
 /// What tungstenite sees as its stream: reads from the socket's read half, writes into the
@@ -40,6 +40,8 @@ use crate::node::Node;
 struct Duplex {
     read: OwnedReadHalf,
     handle: Arc<Handle>,
+    /// The socket's place in the listener's open-file estimate, given back with it.
+    _hold: FdHold,
 }
 
 impl AsyncRead for Duplex {
@@ -189,7 +191,8 @@ pub async fn handle<B>(
             tracing::error!("WebSocket upgrade on a stream that is not TCP");
             return;
         };
-        let (read, write) = parts.io.into_inner().into_inner().into_split();
+        let (tcp, hold) = parts.io.into_inner().into_parts();
+        let (read, write) = tcp.into_split();
         // What hyper read past the request is a view into its whole read buffer (8 KiB or
         // more): copy the few bytes out and let the buffer go now, not when the handshake
         // is done, so that a burst of handshakes in flight holds less.
@@ -206,6 +209,7 @@ pub async fn handle<B>(
         let duplex = Duplex {
             read,
             handle: handle.clone(),
+            _hold: hold,
         };
         let mut ws =
             WebSocketStream::from_partially_read(duplex, early, Role::Server, Some(config)).await;
