@@ -716,6 +716,51 @@ async fn a_frame_sent_with_the_upgrade_request_is_answered_after_the_welcome() {
     );
 }
 
+/// A client whose token came with the upgrade request gets the 101 and its welcome in one
+/// write, so its first read has both; one that authenticates with its first frame gets the
+/// 101 at once, without sending anything first.
+#[tokio::test]
+async fn the_101_goes_out_with_the_welcome_unless_the_client_authenticates_by_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&[]).await;
+    for round in 0..3 {
+        let query = format!(
+            "token={}",
+            server.token(&format!("one-write-{round}"), json!({}))
+        );
+        let req = RawWs::upgrade(&server, &query, "HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==");
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(format!("{req}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut first = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut first))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&first[..n]).to_string();
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        let end = text.find("\r\n\r\n").expect("the whole head") + 4;
+        assert!(
+            n > end + 2 && first[end] == 0x81 && text[end..].contains("\"type\":\"welcome\""),
+            "the welcome in the same read as the 101: {text:?}"
+        );
+    }
+    // First-frame auth: the 101 comes before the client says anything.
+    let req = RawWs::upgrade(&server, "", "HTTP/1.1", "dGhlIHNhbXBsZSBub25jZQ==");
+    let (mut ws, head) = RawWs::request(&server, &req).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let auth = json!({"type": "auth", "token": server.token("by-frame", json!({}))}).to_string();
+    ws.tcp
+        .write_all(&RawWs::frame(0x81, MASK, auth.as_bytes()))
+        .await
+        .unwrap();
+    match ws.read().await {
+        RawFrame::Text(t) => assert!(t.contains("\"type\":\"welcome\""), "{t}"),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn protocol_violations_close_1002_or_1007_and_remove_the_connection() {
     let server = Server::start(&[]).await;

@@ -42,6 +42,9 @@ pub(crate) struct Slot {
     pub(super) pending: AtomicBool,
     /// A `/ws` request took the pending state along ([`super::Pending`]).
     pub(super) handed: AtomicBool,
+    /// The response being written is a `101` that is to go out with the upgraded socket's
+    /// first frame ([`super::WithFirstFrame`]): [`Watched`] keeps what hyper writes.
+    pub(super) hold_head: AtomicBool,
     /// Its descriptor is in the open-file estimate (see [`super::fds`]); shared with its
     /// [`FdHold`], which outlives the slot once the socket is upgraded.
     pub(super) counted: Arc<AtomicBool>,
@@ -76,6 +79,7 @@ impl Slot {
             accepted_at: now_ms(),
             pending: AtomicBool::new(true),
             handed: AtomicBool::new(false),
+            hold_head: AtomicBool::new(false),
             counted: Arc::new(AtomicBool::new(true)),
             idle: AtomicBool::new(false),
             shed: AtomicBool::new(false),
@@ -174,12 +178,20 @@ pub struct Watched {
     tcp: TcpStream,
     slot: Arc<Slot>,
     hold: FdHold,
+    /// A `101` hyper wrote that waits for the first frame (see [`Slot::hold_head`]).
+    held: Vec<u8>,
 }
 
 impl Watched {
-    /// The stream, and its place in the open-file estimate: keep that as long as the stream.
-    pub fn into_parts(self) -> (TcpStream, FdHold) {
-        (self.tcp, self.hold)
+    /// The stream; its place in the open-file estimate, to keep as long as the stream; and
+    /// the `101` response still to write before anything else, if it was held back (empty
+    /// if it went out).
+    pub fn into_parts(self) -> (TcpStream, FdHold, Vec<u8>) {
+        (self.tcp, self.hold, self.held)
+    }
+
+    fn holding(&self) -> bool {
+        self.slot.hold_head.load(Relaxed)
     }
 }
 
@@ -204,6 +216,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.holding() {
+            self.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.tcp).poll_write(cx, buf)
     }
 
@@ -212,6 +228,14 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.holding() {
+            let before = self.held.len();
+            for b in bufs {
+                self.held.extend_from_slice(b);
+            }
+            let n = self.held.len() - before;
+            return Poll::Ready(Ok(n));
+        }
         Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
     }
 
@@ -255,6 +279,7 @@ impl Admitted {
                 tcp,
                 slot: slot.clone(),
                 hold: FdHold::new(&slot, &admission),
+                held: Vec::new(),
             });
             let abort = ConnAbort::default();
             let front = Front::new(routes, peer, slot.clone(), admission.clone(), abort.clone());

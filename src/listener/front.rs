@@ -42,6 +42,14 @@ impl ConnAbort {
     }
 }
 
+/// Put into a `101` response's extensions: the response is not written when hyper writes it
+/// but kept, and goes out in one write with the upgraded socket's first frame
+/// ([`super::Watched::into_parts`]). Only for a client that sends nothing before that frame
+/// (its credential came with the request): one that waits for the `101` to send its
+/// first-frame `auth` would wait forever.
+#[derive(Debug, Clone, Copy)]
+pub struct WithFirstFrame;
+
 /// The peer address of an HTTP connection, put into request extensions for the routes.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
@@ -109,6 +117,8 @@ where
             if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                 // A request completed: the connection is no longer pending.
                 admission.settle(&slot);
+            } else if res.extensions().get::<WithFirstFrame>().is_some() {
+                slot.hold_head.store(true, Relaxed);
             }
             Ok(res.map(|body| ResponseBody {
                 inner: body,

@@ -33,7 +33,7 @@ mod front;
 
 pub use admission::{Admission, Admitted, FdHold, Pending};
 pub use connection::Watched;
-pub use front::{boxed, ConnAbort, Inner, PeerAddr, RequestBody};
+pub use front::{boxed, ConnAbort, Inner, PeerAddr, RequestBody, WithFirstFrame};
 
 /// How long a connection may spend in each phase, from the configuration (milliseconds).
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,7 @@ use warp::reply::Reply;
 use super::PeerAddr;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Handle, Outbox};
-use crate::listener::{FdHold, Pending};
+use crate::listener::{FdHold, Pending, WithFirstFrame};
 use crate::node::Node;
 
 /// What tungstenite sees as its stream: reads from the socket's read half, writes into the
@@ -168,6 +168,9 @@ pub async fn handle<B>(
     }
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
     let hs = super::handshake(&node.config, req.headers(), req.uri().query(), peer);
+    // A client whose credential came with the request sends nothing before its welcome:
+    // the 101 can wait and go out with it, one write and one segment instead of two.
+    let with_welcome = hs.credential.is_some();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let pending = Pending::take(&mut req);
 
@@ -191,7 +194,7 @@ pub async fn handle<B>(
             tracing::error!("WebSocket upgrade on a stream that is not TCP");
             return;
         };
-        let (tcp, hold) = parts.io.into_inner().into_parts();
+        let (tcp, hold, head) = parts.io.into_inner().into_parts();
         let (read, write) = tcp.into_split();
         // What hyper read past the request is a view into its whole read buffer (8 KiB or
         // more): copy the few bytes out and let the buffer go now, not when the handshake
@@ -200,7 +203,7 @@ pub async fn handle<B>(
         drop(parts.read_buf);
         let handle = Handle::new(
             Outbox::new(
-                Box::new(wire::TcpTransport::new(write)),
+                Box::new(wire::TcpTransport::new(write, head)),
                 node.config.outbound_queue_bytes,
                 node.metrics.clone(),
             ),
@@ -233,5 +236,8 @@ pub async fn handle<B>(
         header::SEC_WEBSOCKET_ACCEPT,
         header::HeaderValue::from_str(&key).expect("base64 is a valid header value"),
     );
+    if with_welcome {
+        res.extensions_mut().insert(WithFirstFrame);
+    }
     Ok(res)
 }

@@ -15,11 +15,49 @@ use crate::model::ConnType;
 
 pub struct TcpTransport {
     half: OwnedWriteHalf,
+    /// The `101` response held back to go out with the first frame (empty once written).
+    head: Box<[u8]>,
 }
 
 impl TcpTransport {
-    pub fn new(half: OwnedWriteHalf) -> TcpTransport {
-        TcpTransport { half }
+    /// `head` goes out before, and with, the first write.
+    pub fn new(half: OwnedWriteHalf, head: Vec<u8>) -> TcpTransport {
+        TcpTransport {
+            half,
+            head: head.into_boxed_slice(),
+        }
+    }
+
+    fn send(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Straight to the socket: tokio's readiness bookkeeping is one more cache miss per
+        // socket in a fan-out. Only a full socket goes through tokio, so that it knows to
+        // wake the writer when there is room again.
+        match SockRef::from(self.half.as_ref()).send_vectored(parts) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.half.try_write_vectored(parts),
+            r => r,
+        }
+    }
+
+    /// Writes the held head and `parts` in one call; answers how much of `parts` went (0
+    /// while some of the head is still to go).
+    fn send_after_head(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        let head = std::mem::take(&mut self.head);
+        let mut all = [IoSlice::new(&[]); 4];
+        all[0] = IoSlice::new(&head);
+        let n = parts.len().min(3);
+        all[1..=n].copy_from_slice(&parts[..n]);
+        let written = match self.send(&all[..=n]) {
+            Ok(w) => w,
+            Err(e) => {
+                self.head = head;
+                return Err(e);
+            }
+        };
+        if written < head.len() {
+            self.head = head[written..].into();
+            return Ok(0);
+        }
+        Ok(written - head.len())
     }
 }
 
@@ -55,12 +93,10 @@ impl Transport for TcpTransport {
     }
 
     fn try_write(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-        // Straight to the socket: tokio's readiness bookkeeping is one more cache miss per
-        // socket in a fan-out. Only a full socket goes through tokio, so that it knows to
-        // wake the writer when there is room again.
-        match SockRef::from(self.half.as_ref()).send_vectored(parts) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.half.try_write_vectored(parts),
-            r => r,
+        if self.head.is_empty() {
+            self.send(parts)
+        } else {
+            self.send_after_head(parts)
         }
     }
 
@@ -98,7 +134,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (read, write) = server.into_split();
         let outbox = Outbox::new(
-            Box::new(TcpTransport::new(write)),
+            Box::new(TcpTransport::new(write, Vec::new())),
             limit,
             Arc::new(Metrics::default()),
         );
