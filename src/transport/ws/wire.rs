@@ -141,6 +141,56 @@ mod tests {
         (outbox, client, read)
     }
 
+    /// A held `101` larger than the socket takes at once: what is left of it goes first, and
+    /// the frames pushed meanwhile follow it whole and in order.
+    #[tokio::test]
+    async fn a_held_head_the_socket_takes_in_parts_goes_out_whole_before_the_frames() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let head: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let outbox = Outbox::new(
+            Box::new(TcpTransport::new(write, head.clone())),
+            1 << 20,
+            Arc::new(Metrics::default()),
+        );
+        outbox.open(r#"{"w":1}"#, &[], 0);
+        let t = FrameTemplate::message(r#"{"after":"head"}"#, "t");
+        assert!(outbox.push_seq(&t, 1));
+        assert!(outbox.backlog() > 0, "the socket took the head in parts");
+        outbox.close(crate::protocol::Disconnect::shutdown());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; head.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == head, "the head arrived whole and first");
+            let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let mut texts = Vec::new();
+            while let Some(m) = ws.next().await {
+                match m.expect("every frame intact") {
+                    Message::Text(t) => texts.push(t.to_string()),
+                    Message::Close(_) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            texts
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(20), outbox.write_out())
+            .await
+            .expect("the head and the frames went out")
+            .expect("the socket is fine");
+        let texts = tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+            .await
+            .expect("the client read the head and every frame")
+            .unwrap();
+        assert_eq!(texts[0], r#"{"w":1}"#);
+        assert!(texts[1].contains(r#""after":"head""#), "{texts:?}");
+        assert!(texts[2].contains("disconnect"), "{texts:?}");
+    }
+
     /// A client that stops reading: frames larger than the queue limit fill the socket until
     /// one is taken only in part. That one must still go out whole, then the overflow
     /// closes with 4010, and a client reading again finds every frame intact, in order,
