@@ -191,7 +191,13 @@ impl Admission {
     /// shortage.
     fn shed(&self, slot: &Slot) {
         slot.shed();
-        if slot.counted.swap(false, Ordering::Relaxed) {
+        self.give_back(&slot.counted);
+    }
+
+    /// Takes a socket out of the open-file estimate, once: whichever of its shed and its
+    /// [`FdHold`] comes first.
+    fn give_back(&self, counted: &AtomicBool) {
+        if counted.swap(false, Ordering::Relaxed) {
             self.fds.closed();
         }
     }
@@ -252,9 +258,7 @@ impl FdHold {
 
 impl Drop for FdHold {
     fn drop(&mut self) {
-        if self.counted.swap(false, Ordering::Relaxed) {
-            self.admission.fds.closed();
-        }
+        self.admission.give_back(&self.counted);
     }
 }
 
