@@ -140,9 +140,10 @@ where
 /// Authenticates and hands the connection to the node, which sends `welcome`. Returns who
 /// it is, or None once it has refused and closed the socket.
 ///
-/// This runs in its own short task; [`serve`] is spawned as a second one. A task's memory is
+/// It runs boxed inside the connection's task, which goes on to [`serve`]: a task's memory is
 /// the largest state of its future, and the handshake's (credential, registration, timers
-/// for the auth frame) would otherwise stay reserved for the connection's whole life.
+/// for the auth frame) would otherwise stay reserved for the connection's whole life. (Two
+/// tasks, one for each, cost a spawn more per connection for the same memory.)
 pub async fn establish<S>(
     node: &Node,
     ws: &mut S,

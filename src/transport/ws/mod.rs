@@ -33,7 +33,7 @@ use super::PeerAddr;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Handle, Outbox};
 use crate::listener::{FdHold, Pending, WithFirstFrame};
-use crate::node::Node;
+use crate::node::{Attached, Handshake, Node};
 
 /// What tungstenite sees as its stream: reads from the socket's read half, writes into the
 /// connection's outbox (which owns the write half).
@@ -175,50 +175,15 @@ pub async fn handle<B>(
     let pending = Pending::take(&mut req);
 
     let guard = node.tasks.enter();
+    // One task for the handshake and the connection's life. The handshake runs boxed, so
+    // that its state is freed when it is done instead of staying in the task for as long
+    // as the connection lives; the task holds the box while it runs, then `serve`'s state.
+    let start = Box::new((node, on_upgrade, hs, pending));
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            .max_message_size(Some(node.config.max_message_bytes))
-            .max_frame_size(Some(node.config.max_message_bytes));
-        // The listener serves plain TCP streams, so the downcast holds; the bytes hyper read
-        // past the request (a client that did not wait for the 101) are tungstenite's first.
-        let Ok(parts) = upgraded.downcast::<TokioIo<crate::listener::Watched>>() else {
-            tracing::error!("WebSocket upgrade on a stream that is not TCP");
+        let Some((node, ws, handle, attached)) = Box::pin(upgrade(start)).await else {
             return;
         };
-        let (tcp, hold, head) = parts.io.into_inner().into_parts();
-        let (read, write) = tcp.into_split();
-        // What hyper read past the request is a view into its whole read buffer (8 KiB or
-        // more): copy the few bytes out and let the buffer go now, not when the handshake
-        // is done, so that a burst of handshakes in flight holds less.
-        let early = parts.read_buf.to_vec();
-        drop(parts.read_buf);
-        let handle = Handle::new(
-            Outbox::new(
-                Box::new(wire::TcpTransport::new(write, head)),
-                node.config.outbound_queue_bytes,
-                node.metrics.clone(),
-            ),
-            node.config.messages_per_minute,
-        );
-        let duplex = Duplex {
-            read,
-            handle: handle.clone(),
-            _hold: hold,
-        };
-        let mut ws =
-            WebSocketStream::from_partially_read(duplex, early, Role::Server, Some(config)).await;
-        if let Some(attached) = conn::establish(&node, &mut ws, &handle, hs, pending).await {
-            tokio::spawn(conn::serve(node, ws, handle, attached, guard));
-        }
+        conn::serve(node, ws, handle, attached, guard).await;
     });
 
     let mut res = Response::new(Default::default());
@@ -240,4 +205,62 @@ pub async fn handle<B>(
         res.extensions_mut().insert(WithFirstFrame);
     }
     Ok(res)
+}
+
+/// What a `/ws` upgrade needs once hyper has answered it.
+type Start = (
+    Arc<Node>,
+    hyper::upgrade::OnUpgrade,
+    Handshake,
+    Option<Pending>,
+);
+
+/// Takes the upgraded socket from hyper and authenticates it; the connection, once it is
+/// Active and has its `welcome`, or None once it has been refused (or the upgrade failed).
+async fn upgrade(
+    start: Box<Start>,
+) -> Option<(Arc<Node>, WebSocketStream<Duplex>, Arc<Handle>, Attached)> {
+    let (node, on_upgrade, hs, pending) = *start;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return None;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(node.config.max_message_bytes))
+        .max_frame_size(Some(node.config.max_message_bytes));
+    // The listener serves plain TCP streams, so the downcast holds; the bytes hyper read
+    // past the request (a client that did not wait for the 101) are tungstenite's first.
+    let Ok(parts) = upgraded.downcast::<TokioIo<crate::listener::Watched>>() else {
+        tracing::error!("WebSocket upgrade on a stream that is not TCP");
+        return None;
+    };
+    let (tcp, hold, head) = parts.io.into_inner().into_parts();
+    let (read, write) = tcp.into_split();
+    // What hyper read past the request is a view into its whole read buffer (8 KiB or
+    // more): copy the few bytes out and let the buffer go now, not when the handshake
+    // is done, so that a burst of handshakes in flight holds less.
+    let early = parts.read_buf.to_vec();
+    drop(parts.read_buf);
+    let handle = Handle::new(
+        Outbox::new(
+            Box::new(wire::TcpTransport::new(write, head)),
+            node.config.outbound_queue_bytes,
+            node.metrics.clone(),
+        ),
+        node.config.messages_per_minute,
+    );
+    let duplex = Duplex {
+        read,
+        handle: handle.clone(),
+        _hold: hold,
+    };
+    let mut ws =
+        WebSocketStream::from_partially_read(duplex, early, Role::Server, Some(config)).await;
+    let attached = conn::establish(&node, &mut ws, &handle, hs, pending).await?;
+    Some((node, ws, handle, attached))
 }
