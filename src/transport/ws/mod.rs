@@ -175,12 +175,13 @@ pub async fn handle<B>(
     let pending = Pending::take(&mut req);
 
     let guard = node.tasks.enter();
-    // One task for the handshake and the connection's life. The handshake runs boxed, so
-    // that its state is freed when it is done instead of staying in the task for as long
-    // as the connection lives; the task holds the box while it runs, then `serve`'s state.
-    let start = Box::new((node, on_upgrade, hs, pending));
+    // One task for the handshake and the connection's life. The handshake's future is
+    // boxed here, before the spawn, so that the task captures only the box: its state is
+    // freed when it is done instead of staying in the task for as long as the connection
+    // lives, and the task then holds `serve`'s state.
+    let upgrading = Box::pin(upgrade(node, on_upgrade, hs, pending));
     tokio::spawn(async move {
-        let Some((node, ws, handle, attached)) = Box::pin(upgrade(start)).await else {
+        let Some((node, ws, handle, attached)) = upgrading.await else {
             return;
         };
         conn::serve(node, ws, handle, attached, guard).await;
@@ -207,20 +208,14 @@ pub async fn handle<B>(
     Ok(res)
 }
 
-/// What a `/ws` upgrade needs once hyper has answered it.
-type Start = (
-    Arc<Node>,
-    hyper::upgrade::OnUpgrade,
-    Handshake,
-    Option<Pending>,
-);
-
 /// Takes the upgraded socket from hyper and authenticates it; the connection, once it is
 /// Active and has its `welcome`, or None once it has been refused (or the upgrade failed).
 async fn upgrade(
-    start: Box<Start>,
+    node: Arc<Node>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    hs: Handshake,
+    pending: Option<Pending>,
 ) -> Option<(Arc<Node>, WebSocketStream<Duplex>, Arc<Handle>, Attached)> {
-    let (node, on_upgrade, hs, pending) = *start;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
