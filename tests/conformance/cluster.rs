@@ -469,19 +469,21 @@ pub async fn a_probe_behind_a_busy_queue_is_not_an_outage() {
     let (_server, _, store) = store_with_room(CONNS, CONNS).await;
     let stores = store.stores();
     for _ in 0..CONNS {
-        admit(&*stores.conns, "big", None).await;
+        admit(&*stores.conns, "big", Some("all")).await;
     }
     let deliver = |c: std::sync::Arc<dyn tether::store::ConnStore>| async move {
         let t = FrameTemplate::message("{\"n\":1}", "t");
         let started = Instant::now();
-        let r = c
-            .deliver(Target::User("big"), t, &|_, to, _| to.len(), true)
-            .await;
+        let all = Target::Session {
+            id: "all",
+            except: None,
+        };
+        let r = c.deliver(all, t, &|_, to, _| to.len(), true).await;
         r.ok().map(|_| started.elapsed())
     };
-    // Messages to the user (each one script over its 500 connections), sent in a loop by
-    // more and more tasks until each waits about half a command timeout in the queue: every
-    // call is answered in time, and so must the probe be.
+    // Messages to the session (each one script that writes the replay lists of its 500
+    // connections), sent in a loop by more and more tasks until each waits about half a
+    // command timeout in the queue: every call is answered in time, and so must the probe be.
     let until = Instant::now() + Duration::from_secs(6);
     let latest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let spawn = |n: usize, tasks: &mut Vec<tokio::task::JoinHandle<(Duration, usize)>>| {
@@ -606,8 +608,13 @@ pub async fn a_record_from_before_the_delivery_rows_carries_on(o: &Opened) {
         .query_async(&mut r)
         .await
         .unwrap();
+    // `=<base>|<node>|<rb>|<rk>|<mu>`: the seq is base + mu.
     let parts: Vec<&str> = row.split('|').collect();
-    assert_eq!(parts[0], "2", "the row holds the seq: {row}");
+    let seq =
+        parts[0].trim_start_matches('=').parse::<i64>().unwrap() + parts[4].parse::<i64>().unwrap();
+    assert_eq!(seq, 2, "the row holds the seq: {row}");
+    let seq = seq.to_string();
+    let bytes = parts[2];
     let key = format!("tether:{{u:old}}:c:{}", a.id);
     let list = format!("tether:{{u:old}}:r:{}", a.id);
     let _: () = ::redis::pipe()
@@ -617,10 +624,10 @@ pub async fn a_record_from_before_the_delivery_rows_carries_on(o: &Opened) {
         .cmd("HSET")
         .arg(&key)
         .arg("seq")
-        .arg(parts[0])
+        .arg(&seq)
         .cmd("SET")
         .arg(format!("{list}:b"))
-        .arg(parts[1])
+        .arg(bytes)
         .query_async(&mut r)
         .await
         .unwrap();

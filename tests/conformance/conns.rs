@@ -534,6 +534,107 @@ pub async fn the_replay_buffer_keeps_exactly_its_bounds_after_every_message(o: &
     }
 }
 
+/// Messages to the whole user, to one connection and to a session, interleaved, with one
+/// connection that nothing reads for many messages and one that joins half way: after each,
+/// every connection has its own next seq, and its replay and its resume see exactly what the
+/// bounds keep of its own frames. (The Redis store keeps a message to the whole user once, in
+/// the user's log, and writes it into a connection's list only when the list is next read or
+/// written.)
+pub async fn mixed_deliveries_keep_each_connections_seq_and_bounds(o: &Opened) {
+    let c = &*o.stores.conns;
+    let a = connect(c, "mix", Some("ms")).await;
+    let quiet = connect(c, "mix", None).await;
+    let sockets = Sockets::new(o).await;
+    let f = |u: &str, to: &[Assignment], t: &FrameTemplate| sockets.take(u, to, t);
+    // Each connection's (seq, rendered length) kept by the bounds, and its seq.
+    type Kept = std::collections::VecDeque<(u64, usize)>;
+    let mut model: Vec<(Uuid, u64, Kept)> =
+        vec![(a.id, 0, Kept::new()), (quiet.id, 0, Kept::new())];
+    let mut late = None;
+    let mut last_to_all = 0;
+    let rounds = 6 * REPLAY as u64 + 5;
+    for n in 1..=rounds {
+        if n == 2 * REPLAY as u64 {
+            let l = connect(c, "mix", Some("ms")).await;
+            model.push((l.id, 0, Kept::new()));
+            late = Some(l);
+        }
+        let pad = match n % 5 {
+            0 => REPLAY_BYTES / 2 - 20,
+            3 => REPLAY_BYTES,
+            _ => 10,
+        };
+        let data = json!({"n": n, "pad": "p".repeat(pad)}).to_string();
+        let t = FrameTemplate::message(&data, "t");
+        // Mostly to the user; every fourth to `a` alone, every seventh to the session.
+        let (target, to): (Target, Vec<Uuid>) = if n % 4 == 0 {
+            (Target::Connection(&a.id), vec![a.id])
+        } else if n % 7 == 0 {
+            let mut to = vec![a.id];
+            to.extend(late.as_ref().map(|l| l.id));
+            (
+                Target::Session {
+                    id: "ms",
+                    except: None,
+                },
+                to,
+            )
+        } else {
+            last_to_all = n;
+            (Target::User("mix"), model.iter().map(|m| m.0).collect())
+        };
+        let d = c
+            .deliver(target, t.clone(), &f, true)
+            .await
+            .expect("delivered");
+        assert_eq!(d.stored, to.len(), "message {n}");
+        for (id, seq, kept) in model.iter_mut().filter(|m| to.contains(&m.0)) {
+            *seq += 1;
+            kept.push_back((*seq, t.render(*seq).len()));
+            while kept.len() > REPLAY
+                || (kept.len() > 1 && kept.iter().map(|k| k.1).sum::<usize>() > REPLAY_BYTES)
+            {
+                kept.pop_front();
+            }
+            if to.len() == 1 {
+                assert_eq!(d.seq, *seq, "message {n} to {id}");
+            }
+        }
+        // `quiet` is read only at the end; the others after every message.
+        for (id, _, kept) in model.iter().filter(|m| m.0 != quiet.id) {
+            let want: Vec<u64> = kept.iter().map(|k| k.0).collect();
+            assert_eq!(
+                seqs_of(&c.replay(id, 0).await.unwrap()),
+                want,
+                "{id} after message {n}"
+            );
+        }
+    }
+    let (_, seq, kept) = model.iter().find(|m| m.0 == quiet.id).unwrap();
+    let want: Vec<u64> = kept.iter().map(|k| k.0).collect();
+    c.finish(&quiet.id, Fate::Detach, None, None).await;
+    let r = resume(c, &quiet, "mix", Some(0)).await;
+    assert!(r.resumed);
+    let why = r.resume_error.clone().unwrap_or_default();
+    assert!(
+        why.contains(&format!("the oldest kept seq is {},", want[0])),
+        "{why}"
+    );
+    let act = c.activate(&r.id, r.replay_after).await.unwrap().unwrap();
+    assert_eq!(seqs_of(&act.replay), want, "the quiet one, resumed");
+    assert_eq!(act.record.seq, *seq);
+    let frames = c.replay(&r.id, 0).await.unwrap();
+    assert_eq!(data_n(&frames.last().unwrap().1), last_to_all);
+    // What the sockets were handed: each connection its seqs in order, none twice.
+    let mut last: std::collections::HashMap<Uuid, u64> = Default::default();
+    for (_, to, _) in sockets.seen().await {
+        for a in to {
+            let prev = last.insert(a.id, a.seq).unwrap_or(0);
+            assert_eq!(a.seq, prev + 1, "{} handed {} after {prev}", a.id, a.seq);
+        }
+    }
+}
+
 pub async fn a_resume_with_an_old_last_seq_says_what_was_lost(o: &Opened) {
     let c = &*o.stores.conns;
     let a = connect(c, "gus", None).await;

@@ -2,8 +2,11 @@
 //!
 //! Every write is one Lua script (`lua/*.lua`, each run behind the shared prelude
 //! `lua/common.lua`), so it is atomic across nodes: admission with its limits, a delivery
-//! with every target's seq and replay list and the Deliver commands to the nodes holding the
-//! sockets, a session update with its bus event and its `session.updated` frames. Nothing is
+//! with every target's seq and replay entry and the Deliver commands to the nodes holding the
+//! sockets, a session update with its bus event and its `session.updated` frames. A message
+//! to all of a user's connections is one entry of the user's log, whatever their number:
+//! each one's seq for it is its row's base plus the entry's number, and its replay list takes
+//! the entry when the list is next read or written (see `lua/common.lua`). Nothing is
 //! acknowledged before Redis replied; every call has a timeout ([`RedisSettings::command_timeout`])
 //! and every failure is [`StoreError::Unavailable`].
 //!
@@ -15,10 +18,11 @@
 //! | `P:{u:U}:conns` | ZSET | the user's connection ids by connectedAt |
 //! | `P:{u:U}:dc` | ZSET | the user's Detached connection ids by connectedAt (eviction's pick) |
 //! | `P:{u:U}:c:<id>` | HASH | a connection record (fields in `lua/common.lua`) but its seq |
-//! | `P:{u:U}:d` | HASH | the user's delivery rows: field `<id>`, `<seq>\|<replay bytes>\|<rk>\|<node>` |
-//! | `P:{u:U}:r:<rk>` | LIST | its replay buffer, `<seq>\|<kind>\|<rest>`, capped |
+//! | `P:{u:U}:d` | HASH | the user's delivery rows: field `<id>`, `=<seq − mu>\|<node>\|<replay bytes>\|<rk>\|<mu>` |
+//! | `P:{u:U}:r:<rk>` | LIST | its replay buffer, `<seq>\|<kind>\|<rest>`, capped; it takes the user log's entries past `mu` when next read or written |
+//! | `P:{u:U}:ul` | LIST | the user's log: messages to all of the user's connections, `\|<kind>\|<rest>`, the newest numbered `uo`, capped |
 //! | `P:{u:U}:sc:<sid>` | SET | connection ids linked to session `sid` |
-//! | `P:{u:U}:n` | HASH | the user's live and active counts |
+//! | `P:{u:U}:n` | HASH | the user's live and active counts; `uo` and `ub`, its log's newest number and weight |
 //! | `P:{u:U}:sessions`, `P:{u:U}:s:<sid>` | SET, HASH | the user's sessions |
 //! | `P:cid:<id>`, `P:sid:<sid>` | STRING | locators: the user of a connection, of a session |
 //! | `P:fin:<id>` | STRING | a connection's end, `<token>\|<answer>`, for its retries (expires) |

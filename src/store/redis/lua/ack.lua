@@ -7,6 +7,7 @@ local user = owner(id)
 if not user then return 0 end
 local rec = load(user, id)
 if not rec then return 0 end
+materialize(user, rec)
 upto = math.min(upto, tonumber(rec.seq))
 if upto <= tonumber(rec.acked) then return 0 end
 redis.call('HSET', conn_key(user, id), 'acked', int(upto))
@@ -21,5 +22,6 @@ while true do
   n = n + 1
 end
 redis.call('HSET', rows_key(user), id,
-  row_string(rec.seq, math.max(rb, 0), rec.rk, deliver_node(rec)))
+  row_string(tonumber(rec.seq), math.max(rb, 0), rec.rk, deliver_node(rec),
+    tonumber(rec.mu) or user_offset(user)))
 return n

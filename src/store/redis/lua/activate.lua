@@ -8,6 +8,7 @@ local after = tonumber(ARGV[8])
 
 local rec = load(user, id)
 if not rec then return '{}' end
+materialize(user, rec)
 local before = copy(rec)
 if rec.node ~= '' and rec.node ~= NODE then
   redis.call('SREM', node_conns_key(rec.node), member(user, id))

@@ -52,6 +52,7 @@ if old_id ~= '' then
 end
 
 if old then
+  materialize(user, old)
   local seq = tonumber(old.seq)
   local rl = replay_key(user, old.rk)
   -- The oldest frame kept: the list's first, unless it holds more than it keeps.

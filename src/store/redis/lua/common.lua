@@ -15,11 +15,17 @@
 --
 -- What a delivery reads and writes of each connection is not in its record but in one row of
 -- the user's rows HASH (`rows_key`, field the connection id, see `row_string`): its seq, the
--- bytes its replay list holds, rk, and the node to deliver to. A delivery to all of a user's
--- connections reads them all with one HMGET and writes them back with one HSET (per chunk),
--- instead of four calls per connection; only its replay entry is per connection. `load` puts
--- seq and rb (the replay bytes) into the record it returns, and `store` writes them (and the
--- rest of the row, from the record) to the row, never to the record's HASH.
+-- bytes its replay list holds, rk, the node to deliver to, and how far into the user's log
+-- its list is written (mu). `load` puts seq, rb (the replay bytes), mu and pend into the
+-- record it returns, and `store` writes them (and the rest of the row, from the record) to
+-- the row, never to the record's HASH.
+--
+-- A message to all of a user's connections writes nothing per connection: it is one entry of
+-- the user's log (`user_log_key`, numbered by the user's offset `uo`), and each connection's
+-- seq for it is its row's base plus that offset (`deliver_user`). A connection's list takes
+-- the log's entries past its mu when something reads or writes the list (`catch_up`): a
+-- delivery to it alone or to its session, an ack, an activation, a resume, a replay read.
+-- The log keeps what any list could still keep (`push_user_log`).
 
 local P = ARGV[1]
 -- Now, by Redis's clock: leases, detach times and expiries compare one clock, whatever the
@@ -54,19 +60,31 @@ local function replay_bytes_key(rl) return rl .. ':b' end
 -- renders (`{"type":"<kind>","seq":<seq>,<rest>`, 16 bytes more than `<seq>|<kind>|<rest>`).
 local function frame_len(e) return #e + 16 end
 
--- The user's delivery rows: field connection id, value `<seq>|<rb>|<rk>|<node>`, where rb
--- is the bytes its replay list holds and node the node to deliver to ('' while Detached).
+-- The user's delivery rows: field connection id, value `=<base>|<node>|<rb>|<rk>|<mu>`,
+-- where node is the node to deliver to ('' while Detached), rb the bytes its replay list
+-- holds, mu the user offset its list is written up to, and base its seq at mu less mu: its
+-- seq is base + the user's offset (`deliver_user` reads no more than base and node). Rows
+-- written before the user log existed are `<seq>|<rb>|<rk>|<node>`, with mu 0.
 local function rows_key(user) return utag(user) .. ':d' end
--- `seq` is a string already (`int`), `rb` a number.
-local function row_string(seq, rb, rk, node)
-  return seq .. '|' .. int(rb) .. '|' .. rk .. '|' .. node
+-- `mseq` (the seq at mu), `rb` and `mu` numbers.
+local function row_string(mseq, rb, rk, node, mu)
+  return '=' .. int(mseq - mu) .. '|' .. node .. '|' .. int(rb) .. '|' .. rk .. '|' .. int(mu)
 end
--- seq, rb, rk, node of a row (nil when it does not parse).
+-- mseq, rb, rk, node, mu of a row (nil when it does not parse).
 local function parse_row(s)
-  local seq, rb, rk, node = string.match(s, '^(%d+)|(%d+)|([^|]*)|(.*)$')
+  local base, node, rb, rk, mu = string.match(s, '^=(%-?%d+)|([^|]*)|(%d+)|([^|]*)|(%d+)$')
+  if base then
+    mu = tonumber(mu)
+    return tonumber(base) + mu, tonumber(rb), rk, node, mu
+  end
+  local seq, rb0, rk0, node0 = string.match(s, '^(%d+)|(%d+)|([^|]*)|(.*)$')
   if not seq then return nil end
-  return tonumber(seq), tonumber(rb), rk, node
+  return tonumber(seq), tonumber(rb0), rk0, node0, 0
 end
+-- The user's log of messages to all of its connections: `|<kind>|<rest>` each, the newest
+-- numbered `uo` (a field of the user's counts), the oldest `uo - LLEN + 1`; `ub` counts its
+-- bytes as `push_user_log` weighs them.
+local function user_log_key(user) return utag(user) .. ':ul' end
 -- The node a delivery to this record goes to: '' while Detached.
 local function deliver_node(rec)
   if rec.state == 'detached' or not rec.node then return '' end
@@ -74,6 +92,10 @@ local function deliver_node(rec)
 end
 local function session_conns_key(user, sid) return utag(user) .. ':sc:' .. sid end
 local function user_counts_key(user) return utag(user) .. ':n' end
+-- The number of the user's newest log entry (0 when none).
+local function user_offset(user)
+  return tonumber(redis.call('HGET', user_counts_key(user), 'uo')) or 0
+end
 local function locator_key(id) return P .. ':cid:' .. id end
 local function node_conns_key(node) return P .. ':node:' .. node .. ':conns' end
 -- Whose connections a session's are (the session itself may live in no store at all).
@@ -112,15 +134,26 @@ end
 -- A record with its seq and rb (replay bytes) from its row. A record stored before the rows
 -- existed has its seq in its HASH and its bytes in their own key; its row is written when it
 -- is next stored or delivered to.
+--
+-- rec.seq is the connection's seq now: its row's, plus `pend` user log entries its list has
+-- not taken yet (`catch_up` writes them; `store` keeps them pending).
 local function load(user, id)
   local rec = hgetall(conn_key(user, id))
   if not rec then return nil end
   local row = redis.call('HGET', rows_key(user), id)
   if row then
-    local seq, rb = parse_row(row)
-    -- One that does not parse is left as it is, for the record's decoding to name.
-    rec.seq = (seq and int(seq)) or row
-    rec.rb = (rb and int(rb)) or '0'
+    local mseq, rb, _, _, mu = parse_row(row)
+    if mseq then
+      local pend = math.max(user_offset(user) - mu, 0)
+      rec.seq = int(mseq + pend)
+      rec.rb = int(rb)
+      rec.mu = int(mu)
+      rec.pend = int(pend)
+    else
+      -- One that does not parse is left as it is, for the record's decoding to name.
+      rec.seq = row
+      rec.rb = '0'
+    end
   else
     rec.rb = redis.call('GET', replay_bytes_key(replay_key(user, rec.rk or ''))) or '0'
   end
@@ -183,17 +216,24 @@ local function store(user, rec)
   local key = conn_key(user, rec.id)
   local flat = {}
   for k, v in pairs(rec) do
-    if k ~= 'seq' and k ~= 'rb' then
+    if k ~= 'seq' and k ~= 'rb' and k ~= 'mu' and k ~= 'pend' then
       flat[#flat + 1] = k
       flat[#flat + 1] = v
     end
   end
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(flat))
-  -- rec.seq as it is: one that does not parse makes a row that does not either, for the
-  -- record's decoding to name.
-  redis.call('HSET', rows_key(user), rec.id,
-    row_string(rec.seq or '', tonumber(rec.rb) or 0, rec.rk, deliver_node(rec)))
+  -- A new record's list starts at the user's offset now. A seq that does not parse makes a
+  -- row that does not either, for the record's decoding to name.
+  local seq, rb = tonumber(rec.seq), tonumber(rec.rb) or 0
+  local row
+  if seq then
+    local mu = tonumber(rec.mu) or user_offset(user)
+    row = row_string(seq - (tonumber(rec.pend) or 0), rb, rec.rk, deliver_node(rec), mu)
+  else
+    row = (rec.seq or '') .. '|' .. int(rb) .. '|' .. rec.rk .. '|' .. deliver_node(rec)
+  end
+  redis.call('HSET', rows_key(user), rec.id, row)
   redis.call('ZADD', conns_key(user), rec.ca, rec.id)
   if rec.state == 'detached' then
     redis.call('ZADD', detached_key(user), rec.ca, rec.id)
@@ -232,7 +272,7 @@ end
 local function forget_user_if_empty(user)
   if redis.call('ZCARD', conns_key(user)) == 0 then
     redis.call('ZREM', USERS, user)
-    redis.call('DEL', user_counts_key(user), detached_key(user))
+    redis.call('DEL', user_counts_key(user), detached_key(user), user_log_key(user))
   end
 end
 
@@ -302,95 +342,90 @@ local function conn_scores(user, ids)
   return out
 end
 
--- Gives each connection in `ids` (all `user`'s) its next seq for one frame, keeps the frame
--- in its replay list, and publishes one Deliver command per node that holds some of their
--- sockets. `tail` is the command's JSON after its assignments (`"kind":…,"rest":…}`).
---
--- Per connection only its replay entry is a call of its own (an RPUSH; an LPOP for a frame
--- past `replay_buffer_bytes`; once every REPLAY_SLACK deliveries to a full list, an LRANGE
--- and an LTRIM of the frames past `replay_buffer_messages`): the seqs, byte counts and nodes
--- are read with one HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK
--- connections. No string is made per connection but its seq, its replay entry and its row:
--- the Deliver commands' pairs are joined once per node (`scripts/deliver-time`: 38.8 → 35.2
--- ms of Redis per 10,000-connection message, medians of 5 alternated runs).
-local function deliver(user, ids, kind, rest, tail)
-  local nodes, order = {}, {}
-  local stored, delivered, last = 0, 0, 0
-  local rows = rows_key(user)
-  local lists = utag(user) .. ':r:'
-  -- An entry is `<seq>` and this.
-  local body = '|' .. kind .. '|' .. rest
-  local body_len = #body + 16
-  local cap = REPLAY + REPLAY_SLACK
-  local call, match, fmt = redis.call, string.match, string.format
-  for from = 1, #ids, ROWS_CHUNK do
-    local to = math.min(from + ROWS_CHUNK - 1, #ids)
-    local got = call('HMGET', rows, unpack(ids, from, to))
-    local out, n_out = {}, 0
-    for i = from, to do
-      local id = ids[i]
-      local row = got[i - from + 1]
-      local seq, rb, rk, node
-      if row then
-        -- `parse_row` and `row_string` inlined: a Lua call per connection is measurable.
-        seq, rb, rk, node = match(row, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-        if seq then seq, rb = tonumber(seq), tonumber(rb) end
-      else
-        -- No row: no record, or one stored before the rows existed.
-        local rec = load(user, id)
-        if rec then
-          seq, rb, rk, node = tonumber(rec.seq), tonumber(rec.rb), rec.rk, deliver_node(rec)
-        end
-      end
-      if seq then
-        seq = seq + 1
-        local s = fmt('%d', seq)
-        if REPLAY > 0 then
-          local rl = lists .. rk
-          -- RPUSH answers the list's new length: no LLEN.
-          local len = call('RPUSH', rl, s .. body)
-          rb = rb + #s + body_len
-          -- Oldest first: past the bytes bound at once (the newest is always kept), past
-          -- the count by REPLAY_SLACK. What goes is never in `replay_view`.
-          if len > cap then
-            local n = len - REPLAY
-            for _, e in ipairs(call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
-            call('LTRIM', rl, n, -1)
-            len = REPLAY
-          end
-          while len > 1 and rb > REPLAY_BYTES do
-            local e = call('LPOP', rl)
-            if not e then break end
-            rb = rb - frame_len(e)
-            len = len - 1
-          end
-        elseif rb > 0 then
-          call('DEL', lists .. rk, replay_bytes_key(lists .. rk))
-          rb = 0
-        end
-        out[n_out + 1] = id
-        out[n_out + 2] = s .. '|' .. fmt('%d', rb) .. '|' .. rk .. '|' .. node
-        n_out = n_out + 2
-        stored = stored + 1
-        last = seq
-        if node ~= '' then
-          delivered = delivered + 1
-          local list = nodes[node]
-          if not list then
-            list = {n = 0}
-            nodes[node] = list
-            order[#order + 1] = node
-          end
-          -- The command's `["<id>",<seq>]` pairs, as parts for one concat at the end.
-          local k = list.n
-          list[k + 1] = id
-          list[k + 2] = s
-          list.n = k + 2
-        end
-      end
-    end
-    if n_out > 0 then call('HSET', rows, unpack(out, 1, n_out)) end
+-- Trims a replay list that holds `len` frames of `rb` bytes to its bounds; answers rb and
+-- len after. Oldest first: past the bytes bound at once (the newest is always kept), past the
+-- count only once it holds REPLAY_SLACK more. What goes is never in `replay_view`.
+local function trim_list(rl, rb, len)
+  if len > REPLAY + REPLAY_SLACK then
+    local n = len - REPLAY
+    for _, e in ipairs(redis.call('LRANGE', rl, 0, n - 1)) do rb = rb - frame_len(e) end
+    redis.call('LTRIM', rl, n, -1)
+    len = REPLAY
   end
+  while len > 1 and rb > REPLAY_BYTES do
+    local e = redis.call('LPOP', rl)
+    if not e then break end
+    rb = rb - frame_len(e)
+    len = len - 1
+  end
+  return rb, len
+end
+
+-- Writes into replay list `rl` the user log entries past `mu` (up to the user's offset
+-- `uo`), numbered on from `mseq`, and trims it; answers the seq and rb after. An entry the
+-- log no longer holds still takes its seq: no list could keep it (`push_user_log`).
+local function catch_up(user, rl, mseq, rb, mu, uo)
+  local pend = uo - mu
+  if pend <= 0 then return mseq, rb end
+  if REPLAY <= 0 then
+    if rb > 0 then
+      redis.call('DEL', rl, replay_bytes_key(rl))
+      rb = 0
+    end
+    return mseq + pend, rb
+  end
+  local n = math.min(pend, redis.call('LLEN', user_log_key(user)))
+  if n > 0 then
+    local first = mseq + pend - n + 1
+    local items = {}
+    for i, body in ipairs(redis.call('LRANGE', user_log_key(user), -n, -1)) do
+      local e = int(first + i - 1) .. body
+      items[i] = e
+      rb = rb + frame_len(e)
+    end
+    local len = 0
+    for from = 1, #items, 1000 do
+      len = redis.call('RPUSH', rl, unpack(items, from, math.min(from + 999, #items)))
+    end
+    rb = trim_list(rl, rb, len)
+  end
+  return mseq + pend, rb
+end
+
+-- Brings a loaded record's replay list up to date with the user's log, and its row with it.
+local function materialize(user, rec)
+  local pend = tonumber(rec.pend) or 0
+  local seq = tonumber(rec.seq)
+  if pend <= 0 or not seq then return end
+  local mu = tonumber(rec.mu)
+  local _, rb = catch_up(user, replay_key(user, rec.rk), seq - pend, tonumber(rec.rb), mu,
+    mu + pend)
+  rec.rb = int(rb)
+  rec.mu = int(mu + pend)
+  rec.pend = '0'
+  redis.call('HSET', rows_key(user), rec.id,
+    row_string(seq, rb, rec.rk, deliver_node(rec), mu + pend))
+end
+
+-- Adds the assignment of seq `s` (a string) to connection `id` to node `node`'s Deliver
+-- command: its `["<id>",<seq>]` pair, as parts for one concat at the end.
+local function assign(nodes, order, node, id, s)
+  local list = nodes[node]
+  if not list then
+    list = {n = 0}
+    nodes[node] = list
+    order[#order + 1] = node
+  end
+  local k = list.n
+  list[k + 1] = id
+  list[k + 2] = s
+  list.n = k + 2
+end
+
+-- Publishes one Deliver command per node in `order`: `nodes[node]` holds the `id`, `seq`
+-- strings of its assignments, `n` of them in all. `tail` is the command's JSON after its
+-- assignments (`"kind":…,"rest":…}`).
+local function publish_deliveries(user, nodes, order, tail)
   for _, node in ipairs(order) do
     local list = nodes[node]
     local parts, np = {}, 0
@@ -404,9 +439,141 @@ local function deliver(user, ids, kind, rest, tail)
     end
     -- No comma after the last pair.
     parts[np] = ']'
-    call('PUBLISH', P .. ':node:' .. node, '{"command":"deliver","user":' ..
+    redis.call('PUBLISH', P .. ':node:' .. node, '{"command":"deliver","user":' ..
       cjson.encode(user) .. ',"assignments":[' .. table.concat(parts) .. '],' .. tail)
   end
+end
+
+-- Gives each connection in `ids` (all `user`'s) its next seq for one frame, keeps the frame
+-- in its replay list, and publishes one Deliver command per node that holds some of their
+-- sockets. `tail` is the command's JSON after its assignments (`"kind":…,"rest":…}`). For a
+-- message to a connection or a session; one to all of a user's goes to `deliver_user`.
+--
+-- Per connection only its replay entry is a call of its own (an RPUSH; an LPOP for a frame
+-- past `replay_buffer_bytes`; once every REPLAY_SLACK deliveries to a full list, an LRANGE
+-- and an LTRIM of the frames past `replay_buffer_messages`): the seqs, byte counts and nodes
+-- are read with one HMGET of the user's rows and written back with one HSET, per ROWS_CHUNK
+-- connections. A list behind the user's log takes its entries first (`catch_up`).
+local function deliver(user, ids, kind, rest, tail)
+  local nodes, order = {}, {}
+  local stored, delivered, last = 0, 0, 0
+  local rows = rows_key(user)
+  local lists = utag(user) .. ':r:'
+  local uo = user_offset(user)
+  -- An entry is `<seq>` and this.
+  local body = '|' .. kind .. '|' .. rest
+  local body_len = #body + 16
+  local cap = REPLAY + REPLAY_SLACK
+  local call, fmt = redis.call, string.format
+  for from = 1, #ids, ROWS_CHUNK do
+    local to = math.min(from + ROWS_CHUNK - 1, #ids)
+    local got = call('HMGET', rows, unpack(ids, from, to))
+    local out, n_out = {}, 0
+    for i = from, to do
+      local id = ids[i]
+      local row = got[i - from + 1]
+      local seq, rb, rk, node, mu
+      if row then
+        seq, rb, rk, node, mu = parse_row(row)
+      else
+        -- No row: no record, or one stored before the rows existed.
+        local rec = load(user, id)
+        if rec then
+          seq, rb, rk, node = tonumber(rec.seq), tonumber(rec.rb), rec.rk, deliver_node(rec)
+          mu = uo
+        end
+      end
+      if seq then
+        if mu < uo then seq, rb = catch_up(user, lists .. rk, seq, rb, mu, uo) end
+        seq = seq + 1
+        local s = fmt('%d', seq)
+        if REPLAY > 0 then
+          local rl = lists .. rk
+          -- RPUSH answers the list's new length: no LLEN.
+          local len = call('RPUSH', rl, s .. body)
+          rb = rb + #s + body_len
+          if len > cap or rb > REPLAY_BYTES then rb = trim_list(rl, rb, len) end
+        elseif rb > 0 then
+          call('DEL', lists .. rk, replay_bytes_key(lists .. rk))
+          rb = 0
+        end
+        out[n_out + 1] = id
+        out[n_out + 2] = row_string(seq, rb, rk, node, uo)
+        n_out = n_out + 2
+        stored = stored + 1
+        last = seq
+        if node ~= '' then
+          delivered = delivered + 1
+          assign(nodes, order, node, id, s)
+        end
+      end
+    end
+    if n_out > 0 then call('HSET', rows, unpack(out, 1, n_out)) end
+  end
+  publish_deliveries(user, nodes, order, tail)
+  return stored, delivered, last
+end
+
+-- Adds one entry to the user's log and answers its offset. The log lets go of its oldest
+-- entry once no list could keep it: past REPLAY + REPLAY_SLACK entries (every list that
+-- lacks it takes at least that many newer ones), or when the entries from it on weigh more
+-- than `replay_buffer_bytes` at the least a frame of theirs weighs in a list (a seq of one
+-- digit), so that any list would drop it for the newer.
+local function push_user_log(user, body)
+  local counts = user_counts_key(user)
+  local uo = redis.call('HINCRBY', counts, 'uo', 1)
+  if REPLAY <= 0 then return uo end
+  local log = user_log_key(user)
+  local len = redis.call('RPUSH', log, body)
+  local ub = redis.call('HINCRBY', counts, 'ub', #body + 17)
+  local dropped = 0
+  while len > 1 and (len > REPLAY + REPLAY_SLACK or ub - dropped > REPLAY_BYTES) do
+    local e = redis.call('LPOP', log)
+    if not e then break end
+    dropped = dropped + #e + 17
+    len = len - 1
+  end
+  if dropped > 0 then redis.call('HINCRBY', counts, 'ub', -dropped) end
+  return uo
+end
+
+-- A message to all of `user`'s connections: one entry of the user's log, and one Deliver
+-- command per node with each socket's seq, the base of its row plus the entry's offset. One
+-- HGETALL of the rows and one match per connection; nothing written per connection (its
+-- list takes the entry later, `catch_up`). Answers nil, writing nothing, when some
+-- connection has no row yet (a record stored before the rows existed): `deliver` serves it.
+local function deliver_user(user, kind, rest, tail)
+  local rows = rows_key(user)
+  local conns = conns_key(user)
+  local n = redis.call('ZCARD', conns)
+  if n == 0 then return 0, 0, 0 end
+  if redis.call('HLEN', rows) ~= n then return nil end
+  local uo = push_user_log(user, '|' .. kind .. '|' .. rest)
+  local newest = redis.call('ZRANGE', conns, -1, -1)[1]
+  local nodes, order = {}, {}
+  local stored, delivered, last = 0, 0, 0
+  local match, fmt = string.match, string.format
+  local flat = redis.call('HGETALL', rows)
+  for i = 1, #flat, 2 do
+    local id, row = flat[i], flat[i + 1]
+    local base, node = match(row, '^=(%-?%d+)|([^|]*)|')
+    local seq
+    if base then
+      seq = tonumber(base) + uo
+    else
+      local mseq, _, _, node0, mu = parse_row(row)
+      if mseq then seq, node = mseq + uo - mu, node0 end
+    end
+    if seq then
+      stored = stored + 1
+      if id == newest then last = seq end
+      if node ~= '' then
+        delivered = delivered + 1
+        assign(nodes, order, node, id, fmt('%d', seq))
+      end
+    end
+  end
+  publish_deliveries(user, nodes, order, tail)
   return stored, delivered, last
 end
 

@@ -15,6 +15,10 @@ if mode == 'conn' then
   ids = {what}
 elseif mode == 'user' then
   user = what
+  local stored, delivered, last = deliver_user(user, ARGV[9], ARGV[10], ARGV[11])
+  if stored then
+    return cjson.encode({stored = stored, delivered = delivered, seq = last})
+  end
   ids = redis.call('ZRANGE', conns_key(user), 0, -1)
 else
   user = session_owner(what)

@@ -1,5 +1,6 @@
--- Reads without writing: one connection (by id), a user's connections (oldest first), a
--- connection's kept frames after a seq, or the connection ids linked to a session.
+-- Reads: one connection (by id), a user's connections (oldest first), a connection's kept
+-- frames after a seq (its list first takes what the user's log holds for it, the one write),
+-- or the connection ids linked to a session.
 --
 -- ARGV[6] mode (conn | user | replay | session), [7] connection, user or session id,
 -- [8] for replay, the seq after which frames are wanted.
@@ -22,11 +23,13 @@ elseif mode == 'user' then
 elseif mode == 'replay' then
   local user = owner(what)
   if not user then return '{}' end
-  local rk = redis.call('HGET', conn_key(user, what), 'rk')
-  if not rk then return '{}' end
+  local rec = load(user, what)
+  if not rec or not rec.rk then return '{}' end
+  -- The one write of this script: the list takes what the user's log holds for it.
+  materialize(user, rec)
   local after = tonumber(ARGV[8])
   local replay = {}
-  for _, e in ipairs(replay_view(replay_key(user, rk))) do
+  for _, e in ipairs(replay_view(replay_key(user, rec.rk))) do
     if entry_seq(e) > after then replay[#replay + 1] = e end
   end
   return cjson.encode({replay = replay})
