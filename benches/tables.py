@@ -281,20 +281,14 @@ def run_one(job, args):
 
 
 def criterion_medians():
-    """Criterion's median estimate (ns) of every benchmark of the registry bench."""
+    """Criterion's median estimate (ns) of every benchmark of the registry bench, by
+    `<group>/<function>` as the bench names them (the directories' names replace some
+    characters; the `benchmark.json` beside each estimate has the real ones)."""
     got = {}
-    for f in glob.glob("target/criterion/*/*/new/estimates.json"):
-        parts = f.split(os.sep)
-        group, name = parts[-4], parts[-3]
-        with open(f) as fh:
-            got[f"{group}/{name}"] = json.load(fh)["median"]["point_estimate"]
-    # Criterion writes directory names with some characters replaced; map them back by the
-    # benchmark.json beside each estimate, which has the real names.
     for f in glob.glob("target/criterion/*/*/new/benchmark.json"):
         with open(f) as fh:
             b = json.load(fh)
-        est = os.path.join(os.path.dirname(f), "estimates.json")
-        with open(est) as fh:
+        with open(os.path.join(os.path.dirname(f), "estimates.json")) as fh:
             got[f"{b['group_id']}/{b['function_id']}"] = json.load(fh)["median"]["point_estimate"]
     return got
 
