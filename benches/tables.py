@@ -86,17 +86,23 @@ GROUPS = {
 KIB = 1024
 
 
-def p(key):
-    """A percentile of a latency histogram, in ms."""
-    return lambda d: d[key[0]][key[1]] / 1000
-
-
 def dig(*path, scale=1.0):
     def get(d):
         for k in path:
             d = d[k]
         return None if d is None else d * scale
     return get
+
+
+def connect_figures(prefix, job, *at):
+    """Connects/s, CPU per connect and welcome p50 and p99 of a connect run (under `at` in
+    its JSON), each labelled `prefix` and the figure's name."""
+    return [
+        (f"{prefix}connects/s", job, dig(*at, "connectsPerSec"), "/s", False),
+        (f"{prefix}CPU per connect", job, dig(*at, "cpuPerConnectUs"), "µs", False),
+        (f"{prefix}welcome p50", job, dig(*at, "welcomeLatencyUs", "p50", scale=1e-3), "ms", False),
+        (f"{prefix}welcome p99", job, dig(*at, "welcomeLatencyUs", "p99", scale=1e-3), "ms", False),
+    ]
 
 
 # (figure, job, how to read it from one run's JSON, unit, how to compare). The figure is the
@@ -111,12 +117,7 @@ FIGURES = [
     ("burst of 5,000, 200 in flight: RSS per connection", "burst5k", dig("rssPerConnBytes", scale=1 / KIB), "KiB", False),
 ]
 for mode in ("relaxed", "batched", "sync"):
-    FIGURES += [
-        (f"connects {mode}: connects/s", mode, dig("connectsPerSec"), "/s", False),
-        (f"connects {mode}: CPU per connect", mode, dig("cpuPerConnectUs"), "µs", False),
-        (f"connects {mode}: welcome p50", mode, dig("welcomeLatencyUs", "p50", scale=1e-3), "ms", False),
-        (f"connects {mode}: welcome p99", mode, dig("welcomeLatencyUs", "p99", scale=1e-3), "ms", False),
-    ]
+    FIGURES += connect_figures(f"connects {mode}: ", mode)
 for job, label in (
     ("fanout300", "fan-out 1 × 10,000, 300 ms apart"),
     ("fanout300-r1", "fan-out 1 × 10,000, 300 ms apart, --readers 1"),
@@ -178,24 +179,16 @@ for job, label in (("floor-fanout-r1", "floor fan-out, --readers 1"), ("floor-fa
         (f"{label}: delivery p99 ÷ floor", job, dig("ratioToFloor", "deliveryLatencyUs.p99"), "×", False),
     ]
 for side in ("tether", "floor"):
-    FIGURES += [
-        (f"floor connect: {side} connects/s", "floor-connect", dig(side, "connectsPerSec"), "/s", False),
-        (f"floor connect: {side} CPU per connect", "floor-connect", dig(side, "cpuPerConnectUs"), "µs", False),
-        (f"floor connect: {side} welcome p50", "floor-connect", dig(side, "welcomeLatencyUs", "p50", scale=1e-3), "ms", False),
-        (f"floor connect: {side} welcome p99", "floor-connect", dig(side, "welcomeLatencyUs", "p99", scale=1e-3), "ms", False),
-    ]
+    FIGURES += connect_figures(f"floor connect: {side} ", "floor-connect", side)
 FIGURES += [
     ("floor connect: connects/s ÷ floor", "floor-connect", dig("ratioToFloor", "connectsPerSec"), "×", False),
     ("floor connect: CPU per connect ÷ floor", "floor-connect", dig("ratioToFloor", "cpuPerConnectUs"), "×", False),
 ]
 for side in ("cluster", "embedded"):
-    FIGURES += [
-        (f"cluster connect 10,000 × 1: {side} connects/s", "cl-connect", dig(side, "connectsPerSec"), "/s", False),
-        (f"cluster connect 10,000 × 1: {side} CPU per connect", "cl-connect", dig(side, "cpuPerConnectUs"), "µs", False),
-        (f"cluster connect 10,000 × 1: {side} welcome p50", "cl-connect", dig(side, "welcomeLatencyUs", "p50", scale=1e-3), "ms", False),
-        (f"cluster connect 10,000 × 1: {side} welcome p99", "cl-connect", dig(side, "welcomeLatencyUs", "p99", scale=1e-3), "ms", False),
-        (f"cluster connect 10,000 × 1: {side} RSS per connection", "cl-connect", dig(side, "rssPerConnBytes", scale=1 / KIB), "KiB", False),
-    ]
+    FIGURES += connect_figures(f"cluster connect 10,000 × 1: {side} ", "cl-connect", side)
+    FIGURES.append(
+        (f"cluster connect 10,000 × 1: {side} RSS per connection", "cl-connect", dig(side, "rssPerConnBytes", scale=1 / KIB), "KiB", False)
+    )
 FIGURES += [
     ("cluster connect 10,000 × 1: Redis CPU per connect", "cl-connect", dig("cluster", "redisCpuPerConnectUs"), "µs", False),
     ("cluster connect 10,000 × 1: Redis RSS per connection", "cl-connect", dig("cluster", "redisRssPerConnBytes", scale=1 / KIB), "KiB", False),
