@@ -30,6 +30,9 @@ import statistics
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ab import loadavg  # noqa: E402  (the same /proc/loadavg reading as the A/B script's)
+
 FANOUT300 = ["fanout", "--users", "1", "--per-user", "10000", "--messages", "30", "--interval-ms", "300"]
 CONNECT10K = ["connect", "--n", "10000", "--rate", "10000"]
 
@@ -78,7 +81,7 @@ GROUPS = {
         [("cl-kill-detached", ["node-kill", "--cluster", "2", "--n", "10000", "--resume-at", "detached"], 1)],
     ],
     "churn": [[("churn", ["churn", "--rate", "500", "--duration-secs", "30", "--warmup-secs", "90"], 1)]],
-    # Not the load generator: `crash` and `registry` are their own benches (see run()).
+    # Not the load generator: `crash` and `registry` are their own benches (see run_one()).
     "crash": [[("crash", None, 1)]],
     "registry": [[("registry", None, 1)]],
 }
@@ -234,23 +237,12 @@ FIGURES += [
 ]
 
 
-def load_generator():
-    found = [f for f in glob.glob("target/release/deps/load-*") if os.access(f, os.X_OK) and not f.endswith(".d")]
-    if not found:
-        sys.exit("no load generator: run `cargo bench --bench load --bench crash --no-run` first")
-    return max(found, key=os.path.getmtime)
-
-
 def bench_binary(name):
+    """The newest release build of bench `name` (`load` is the load generator)."""
     found = [f for f in glob.glob(f"target/release/deps/{name}-*") if os.access(f, os.X_OK) and not f.endswith(".d")]
     if not found:
-        sys.exit(f"no {name} bench: run `cargo bench --bench {name} --no-run` first")
+        sys.exit(f"no {name} bench: run `cargo bench --bench load --bench crash --no-run` first")
     return max(found, key=os.path.getmtime)
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def now():
@@ -264,7 +256,7 @@ def run_one(job, args):
     elif job == "registry":
         cmd = ["cargo", "bench", "--bench", "registry"]
     else:
-        cmd = [load_generator(), *args, "--json", "--quiet"]
+        cmd = [bench_binary("load"), *args, "--json", "--quiet"]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
